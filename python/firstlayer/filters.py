@@ -1,0 +1,437 @@
+"""First-layer weights of any network: modules, state dicts, checkpoint files, torchvision names.
+
+The first layer is the convolution *applied to the input*. For a module it is found by running a
+forward pass with hooks on every ``Conv2d`` and stopping at the first one that is called, so the
+registration order of submodules does not matter. A state dict has no forward pass: the known stem
+names are tried first (``conv1``, ``features.0``, ViT ``conv_proj``, ...), then
+the first 4D weight; pass ``arch=`` (a torchvision name) to trace the real architecture instead.
+
+torch (and torchvision) are imported inside the functions that need them.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = ["FirstLayer", "first_layer"]
+
+# Keys under which checkpoints nest their state dict (plain training scripts, Lightning, timm).
+_NESTED_KEYS = ("state_dict", "model", "model_state_dict", "net", "network", "model_ema")
+# Prefixes added by DataParallel/DDP, torch.compile and wrapper modules.
+_PREFIXES = ("module.", "_orig_mod.", "model.")
+# First layers of common families, tried before the dict-order fallback.
+_STEM_KEYS = (
+    "conv1.weight",  # torchvision ResNet/ResNeXt/Wide-ResNet, many CIFAR nets
+    "features.0.weight",  # VGG, AlexNet, SqueezeNet
+    "features.0.0.weight",  # MobileNet, EfficientNet (torchvision)
+    "features.conv0.weight",  # DenseNet
+    "conv1.conv.weight",  # GoogLeNet
+    "Conv2d_1a_3x3.conv.weight",  # Inception v3
+    "conv_proj.weight",  # torchvision ViT
+    "patch_embed.proj.weight",  # timm ViT / DeiT / Swin
+    "embeddings.patch_embeddings.projection.weight",  # Hugging Face ViT
+    "vit.embeddings.patch_embeddings.projection.weight",
+    "transformer.embeddings.patch_embeddings.weight",  # the paper's ViT code
+    "_conv_stem.weight",  # efficientnet_pytorch
+    "conv_stem.weight",  # timm EfficientNet / MobileNet
+    "stem.conv.weight",
+    "stem.0.weight",
+)
+
+
+@dataclass(frozen=True)
+class FirstLayer:
+    """The first layer of a network.
+
+    Attributes
+    ----------
+    weight : numpy.ndarray
+        (F, C, kh, kw) float32 (float64 if stored so) copy of the weights, patch order (c, i, j).
+    name : str
+        Module path (``"conv1"``) for a module, the tensor key (``"conv1.weight"``) otherwise.
+    bias : numpy.ndarray or None
+        (F,) bias when the layer has one.
+    stride : tuple of int or None
+        Known for modules only.
+    padding : tuple of int or str or None
+        Known for modules only.
+    kind : str
+        ``"patch_embedding"`` when the stride equals the kernel size (ViT-style patchify),
+        ``"conv"`` otherwise (or when unknown).
+    """
+
+    weight: np.ndarray
+    name: str
+    bias: np.ndarray | None = None
+    stride: tuple[int, ...] | None = None
+    padding: tuple[int, ...] | str | None = None
+    kind: str = "conv"
+
+    @property
+    def kernel_size(self) -> int:
+        """Spatial size ``kh`` of the filters."""
+        return int(self.weight.shape[2])
+
+    @property
+    def in_channels(self) -> int:
+        """Number of input channels ``C``."""
+        return int(self.weight.shape[1])
+
+
+def _tensor_to_numpy(t: Any) -> np.ndarray:
+    t = t.detach().cpu()
+    if str(t.dtype) in ("torch.float16", "torch.bfloat16"):
+        t = t.float()
+    return np.array(t.numpy(), copy=True)
+
+
+def _is_tensor(x: Any) -> bool:
+    return hasattr(x, "detach") and hasattr(x, "ndim") and hasattr(x, "dtype")
+
+
+def _is_module(x: Any) -> bool:
+    return hasattr(x, "named_modules") and hasattr(x, "forward")
+
+
+def first_layer(
+    obj: Any,
+    *,
+    weights: str | os.PathLike[str] | Mapping[str, Any] | None = None,
+    name: str | None = None,
+    arch: str | None = None,
+    example_input: Any = None,
+    input_size: int = 224,
+) -> FirstLayer:
+    """Return the first-layer weights of a network.
+
+    Parameters
+    ----------
+    obj : nn.Module, state dict, checkpoint path, torchvision model name, or array
+        * an ``nn.Module``: traced with a forward pass; the first ``Conv2d`` called wins;
+        * a state dict or checkpoint dict (nested ``state_dict``/``model`` keys and ``module.``
+          prefixes are handled);
+        * a path to a ``.pth``/``.pt``/``.ckpt``/``.bin`` file (loaded with
+          ``torch.load(weights_only=True)``) or to a ``.npz`` of arrays;
+        * a torchvision model name such as ``"resnet18"``, with ``weights=`` a local file;
+        * a (F, C, k, k) array or tensor, returned as is.
+    weights : path or state dict, optional
+        Weights for a torchvision model name (required with a name; never downloaded).
+    name : str, optional
+        Pick a layer explicitly: a module path for modules, a key (with or without
+        ``.weight``) for state dicts and ``.npz`` files.
+    arch : str, optional
+        torchvision architecture of a state dict or checkpoint: build it, load the weights and
+        trace it instead of guessing from key names.
+    example_input : torch.Tensor, optional
+        Input for the traced forward pass; default zeros of shape
+        ``(1, in_channels, input_size, input_size)``.
+    input_size : int
+        Spatial size of the default example input.
+
+    Returns
+    -------
+    FirstLayer
+        ``.weight`` (F, C, k, k) and ``.name``, plus bias, stride and padding when known.
+
+    Raises
+    ------
+    ValueError
+        If no convolution is applied to the input, a named layer or key does not exist, a file
+        cannot be read with ``weights_only=True``, or a name is not a torchvision model.
+    TypeError
+        If ``obj`` is of an unsupported type.
+
+    Examples
+    --------
+    >>> import torchvision  # doctest: +SKIP
+    >>> first_layer(torchvision.models.resnet18()).name  # doctest: +SKIP
+    'conv1'
+    """
+    if isinstance(obj, np.ndarray) or _is_tensor(obj):
+        w = _tensor_to_numpy(obj) if _is_tensor(obj) else np.array(obj, copy=True)
+        _check_bank(w, "obj")
+        return FirstLayer(weight=w, name=name or "weight")
+    if isinstance(obj, (str, os.PathLike)):
+        path = Path(obj)
+        if path.is_file():
+            return _from_file(
+                path, name=name, arch=arch, example_input=example_input, input_size=input_size
+            )
+        if isinstance(obj, str) and os.sep not in obj and "." not in obj:
+            if weights is None:
+                msg = (
+                    f"weights: a torchvision model name ({obj!r}) needs a local weights file "
+                    "or state dict (nothing is downloaded), got None"
+                )
+                raise ValueError(msg)
+            return _from_arch(
+                obj, weights, name=name, example_input=example_input, input_size=input_size
+            )
+        msg = f"obj: expected an existing checkpoint file or a torchvision model name, got {obj!r}"
+        raise ValueError(msg)
+    if isinstance(obj, Mapping):
+        if arch is not None:
+            return _from_arch(
+                arch, obj, name=name, example_input=example_input, input_size=input_size
+            )
+        return _from_state_dict(obj, name=name)
+    if _is_module(obj):
+        return _from_module(obj, name=name, example_input=example_input, input_size=input_size)
+    msg = (
+        "obj: expected an nn.Module, a state dict, a checkpoint path, a torchvision model name "
+        f"or a (F, C, k, k) array, got {type(obj).__name__}"
+    )
+    raise TypeError(msg)
+
+
+def _check_bank(w: np.ndarray, what: str) -> None:
+    if w.ndim != 4:
+        msg = f"{what}: expected first-layer weights of shape (F, C, k, k), got {tuple(w.shape)}"
+        raise ValueError(msg)
+
+
+# --- modules ------------------------------------------------------------------------------------
+
+
+class _FoundFirstConv(Exception):
+    """Raised by the hook to stop the forward pass at the first convolution."""
+
+
+def _layer_from_conv(module: Any, path: str) -> FirstLayer:
+    w = _tensor_to_numpy(module.weight)
+    _check_bank(w, f"module {path!r} weight")
+    bias = getattr(module, "bias", None)
+    stride = tuple(getattr(module, "stride", ())) or None
+    pad = getattr(module, "padding", None)
+    padding = pad if isinstance(pad, str) else (tuple(pad) if pad is not None else None)
+    ks = tuple(w.shape[2:])
+    kind = "patch_embedding" if stride is not None and stride == ks and ks != (1, 1) else "conv"
+    return FirstLayer(
+        weight=w,
+        name=path,
+        bias=None if bias is None else _tensor_to_numpy(bias),
+        stride=stride,
+        padding=padding,
+        kind=kind,
+    )
+
+
+def _from_module(
+    model: Any, *, name: str | None, example_input: Any, input_size: int
+) -> FirstLayer:
+    import torch
+
+    modules = dict(model.named_modules())
+    if name is not None:
+        if name not in modules:
+            close = difflib.get_close_matches(name, list(modules), n=3)
+            msg = f"name: expected a module path of the model, got {name!r} (close: {close})"
+            raise ValueError(msg)
+        if getattr(modules[name], "weight", None) is None:
+            msg = f"name: module {name!r} has no weight ({type(modules[name]).__name__})"
+            raise ValueError(msg)
+        return _layer_from_conv(modules[name], name)
+
+    convs = {m: path for path, m in modules.items() if isinstance(m, torch.nn.Conv2d)}
+    if not convs:
+        msg = (
+            "model: expected a network with a Conv2d (or a ViT conv patch embedding) on its input, "
+            f"found none among its {len(modules)} modules ({type(model).__name__})"
+        )
+        raise ValueError(msg)
+    x = example_input
+    if x is None:
+        params = list(model.parameters())
+        dtype = params[0].dtype if params else torch.float32
+        device = params[0].device if params else torch.device("cpu")
+        in_ch = next(iter(convs)).in_channels
+        x = torch.zeros((1, in_ch, input_size, input_size), dtype=dtype, device=device)
+
+    seen: list[tuple[Any, Any]] = []
+
+    def hook(module: Any, args: tuple[Any, ...]) -> None:
+        seen.append((module, args[0] if args else None))
+        raise _FoundFirstConv
+
+    handles = [m.register_forward_pre_hook(hook) for m in convs]
+    was_training = model.training
+    model.eval()  # no BatchNorm statistics are touched by the probe
+    try:
+        with torch.no_grad():
+            model(x)
+    except _FoundFirstConv:
+        pass
+    except Exception as exc:
+        msg = (
+            f"model: the probing forward pass on an input of shape {tuple(x.shape)} failed "
+            f"({type(exc).__name__}: {exc}); pass example_input= with a valid input, or name="
+        )
+        raise ValueError(msg) from exc
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+    if not seen:
+        msg = (
+            f"model: no convolution was applied during the forward pass of {type(model).__name__} "
+            "(its Conv2d modules are never called on the input); pass name= to pick a layer"
+        )
+        raise ValueError(msg)
+    module, inp = seen[0]
+    path = convs[module]
+    # The first conv must see the input itself (or a same-shaped, e.g. normalised, copy): a conv
+    # after a Linear, a pooling or a reshape is not a first layer on pixels.
+    if inp is None or (inp is not x and tuple(inp.shape) != tuple(x.shape)):
+        got = None if inp is None else tuple(inp.shape)
+        msg = (
+            f"model: no convolution is applied to the input: the first one called, {path!r}, "
+            f"receives shape {got} while the input has shape {tuple(x.shape)}; pass name= "
+            "to pick a layer anyway"
+        )
+        raise ValueError(msg)
+    return _layer_from_conv(module, path)
+
+
+# --- state dicts and files ----------------------------------------------------------------------
+
+
+def _unwrap_state_dict(sd: Mapping[str, Any]) -> dict[str, Any]:
+    """Follow nested checkpoint keys and strip wrapper prefixes shared by every key."""
+    tensors: dict[str, Any] = {}
+    for _ in range(4):  # checkpoints nest at most a couple of levels
+        tensors = {k: v for k, v in sd.items() if _is_tensor(v) or isinstance(v, np.ndarray)}
+        if tensors:
+            break
+        nested = next((sd[k] for k in _NESTED_KEYS if isinstance(sd.get(k), Mapping)), None)
+        if nested is None:
+            if any(_is_module(sd.get(k)) for k in _NESTED_KEYS):
+                msg = "obj: the checkpoint holds a pickled module; pass the module itself instead"
+                raise ValueError(msg)
+            msg = (
+                "obj: expected a state dict of tensors (or one nested under "
+                f"{list(_NESTED_KEYS)}), got keys {list(sd)[:8]}"
+            )
+            raise ValueError(msg)
+        sd = nested
+    if not tensors:
+        msg = "obj: expected a state dict of tensors, found no tensor"
+        raise ValueError(msg)
+    changed = True
+    while changed:
+        changed = False
+        for prefix in _PREFIXES:
+            if all(k.startswith(prefix) for k in tensors):
+                tensors = {k[len(prefix) :]: v for k, v in tensors.items()}
+                changed = True
+    return tensors
+
+
+def _as_array(v: Any) -> np.ndarray:
+    return _tensor_to_numpy(v) if _is_tensor(v) else np.asarray(v)
+
+
+def _from_state_dict(sd: Mapping[str, Any], *, name: str | None) -> FirstLayer:
+    tensors = _unwrap_state_dict(sd)
+    if name is not None:
+        for key in (name, f"{name}.weight"):
+            if key in tensors:
+                w = _as_array(tensors[key])
+                _check_bank(w, f"key {key!r}")
+                return _with_bias(w, key, tensors)
+        close = difflib.get_close_matches(name, list(tensors), n=3)
+        msg = f"name: expected a key of the state dict, got {name!r} (close: {close})"
+        raise ValueError(msg)
+    for key in _STEM_KEYS:
+        if key in tensors and np.ndim(tensors[key]) == 4:
+            return _with_bias(_as_array(tensors[key]), key, tensors)
+    for key, v in tensors.items():
+        if key.endswith("weight") and np.ndim(v) == 4 and "float" in str(v.dtype):
+            return _with_bias(_as_array(v), key, tensors)
+    msg = f"obj: expected a 4D convolution weight in the state dict, none among {len(tensors)} keys"
+    raise ValueError(msg)
+
+
+def _with_bias(w: np.ndarray, key: str, tensors: Mapping[str, Any]) -> FirstLayer:
+    bias_key = key[: -len("weight")] + "bias" if key.endswith("weight") else None
+    bias = tensors.get(bias_key) if bias_key else None
+    ks = tuple(w.shape[2:])
+    return FirstLayer(
+        weight=w.astype(np.float32) if w.dtype == np.float16 else w,
+        name=key,
+        bias=None if bias is None else _as_array(bias),
+        kind="patch_embedding" if "patch" in key and ks != (1, 1) else "conv",
+    )
+
+
+def _load_checkpoint(path: Path) -> Mapping[str, Any]:
+    import pickle
+
+    import torch
+
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        msg = (
+            f"obj: {str(path)!r} cannot be loaded with torch.load(weights_only=True) (it pickles "
+            "code or objects); load it yourself if you trust it and pass the model or state dict"
+        )
+        raise ValueError(msg) from exc
+    except (RuntimeError, EOFError) as exc:
+        msg = f"obj: {str(path)!r} is not a readable PyTorch checkpoint ({exc})"
+        raise ValueError(msg) from exc
+    if not isinstance(obj, Mapping):
+        msg = f"obj: expected {str(path)!r} to hold a state dict, got {type(obj).__name__}"
+        raise ValueError(msg)
+    return obj
+
+
+def _from_file(
+    path: Path, *, name: str | None, arch: str | None, example_input: Any, input_size: int
+) -> FirstLayer:
+    if path.suffix == ".npz":
+        with np.load(path, allow_pickle=False) as data:
+            arrays = {k: data[k] for k in data.files}
+        if name is None and len(arrays) > 1:
+            msg = f"name: {path.name} holds several arrays, pick one of {sorted(arrays)}"
+            raise ValueError(msg)
+        return _from_state_dict(arrays, name=name)
+    sd = _load_checkpoint(path)
+    if arch is not None:
+        return _from_arch(arch, sd, name=name, example_input=example_input, input_size=input_size)
+    return _from_state_dict(sd, name=name)
+
+
+def _from_arch(
+    arch: str, weights: Any, *, name: str | None, example_input: Any, input_size: int
+) -> FirstLayer:
+    import torchvision
+
+    available = torchvision.models.list_models()
+    if arch not in available:
+        close = difflib.get_close_matches(arch, available, n=3)
+        msg = f"arch: expected a torchvision model name, got {arch!r} (close: {close})"
+        raise ValueError(msg)
+    sd = weights
+    if isinstance(weights, (str, os.PathLike)):
+        if not Path(weights).is_file():
+            msg = f"weights: expected an existing weights file, got {str(weights)!r}"
+            raise ValueError(msg)
+        sd = _load_checkpoint(Path(weights))
+    if not isinstance(sd, Mapping):
+        msg = f"weights: expected a path or a state dict, got {type(weights).__name__}"
+        raise TypeError(msg)
+    tensors = _unwrap_state_dict(sd)
+    model = torchvision.models.get_model(arch, weights=None)
+    try:
+        model.load_state_dict(tensors, strict=True)
+    except RuntimeError as exc:
+        msg = f"weights: the state dict does not match torchvision {arch!r} ({exc})"
+        raise ValueError(msg) from exc
+    return _from_module(model, name=name, example_input=example_input, input_size=input_size)

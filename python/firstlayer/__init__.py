@@ -1,0 +1,42 @@
+"""firstlayer: what CNNs learn in their first layer, and why.
+
+Exact patch statistics computed by a Rust core, energy profiles of any network's first layer,
+the linear-CNN theory of Chowers & Weiss (ICML 2023), training and reports. ``import firstlayer``
+loads only numpy and the compiled core; torch and matplotlib are imported when first needed.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from firstlayer._core import __version__
+from firstlayer.spectrum import ImageSpectrum, dft2, image_spectrum
+from firstlayer.stats import PCA, PatchStats, patch_stats
+
+# Names served lazily from modules that import torch or are large: name -> module.
+_LAZY = {
+    "theory": "firstlayer.theory",
+    "sources": "firstlayer.sources",
+}
+
+__all__ = [
+    "PCA",
+    "ImageSpectrum",
+    "PatchStats",
+    "__version__",
+    "dft2",
+    "image_spectrum",
+    "patch_stats",
+    *_LAZY,
+]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        module = importlib.import_module(_LAZY[name])
+        value = module if _LAZY[name].endswith(name) else getattr(module, name)
+        globals()[name] = value
+        return value
+    msg = f"module 'firstlayer' has no attribute {name!r}"
+    raise AttributeError(msg)

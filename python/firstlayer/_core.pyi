@@ -1,0 +1,30 @@
+"""The compiled core (Rust). Private: use the functions of the ``firstlayer`` package."""
+
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+__version__: str
+
+def patch_moments(
+    x: npt.NDArray[Any],
+    *,
+    layout: str,
+    kernel_size: int,
+    stride: int = 1,
+    padding: int = 0,
+    labels: npt.NDArray[np.int64] | None = None,
+    n_classes: int = 0,
+    method: str = "auto",
+) -> dict[str, Any]:
+    """Raw moments (count, sum, second_moment, class_counts, class_sums, exact) of a batch."""
+
+def dft2(x: npt.NDArray[np.float64]) -> npt.NDArray[np.complex128]:
+    """2D DFT of each plane of a C-contiguous (B, H, W) float64 array."""
+
+def image_power_sum(x: npt.NDArray[Any], *, layout: str) -> npt.NDArray[np.float64]:
+    """Sum over images of |DFT2(x_c)|^2 per channel, shape (C, H, W)."""
+
+def num_threads() -> int:
+    """Threads of the global pool (RAYON_NUM_THREADS, else the number of cores)."""

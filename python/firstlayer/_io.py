@@ -1,0 +1,78 @@
+"""Versioned, checksummed, atomically written ``.npz`` files (never pickle)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+
+def _digest(arrays: dict[str, np.ndarray]) -> str:
+    h = hashlib.sha256()
+    for key in sorted(arrays):
+        a = np.ascontiguousarray(arrays[key])
+        h.update(f"{key}|{a.dtype.str}|{a.shape}|".encode())
+        h.update(a.tobytes())
+    return h.hexdigest()
+
+
+def save_npz(path: str | os.PathLike[str], kind: str, version: int, **arrays: np.ndarray) -> Path:
+    """Write ``arrays`` to ``path`` atomically, with a format tag, a version and a checksum.
+
+    The file appears complete or not at all: it is written next to its destination, flushed to
+    disk and renamed over it.
+    """
+    path = Path(path)
+    payload = {k: np.asarray(v) for k, v in arrays.items()}
+    payload["__format__"] = np.array(kind)
+    payload["__version__"] = np.array(version)
+    payload["__sha256__"] = np.array(_digest(payload))
+    directory = path.parent if str(path.parent) else Path(".")
+    if not directory.is_dir():
+        msg = f"path: directory {directory} does not exist"
+        raise FileNotFoundError(msg)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, **payload)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def load_npz(path: str | os.PathLike[str], kind: str, version: int) -> dict[str, np.ndarray]:
+    """Read a file written by :func:`save_npz`, checking its format, version and checksum."""
+    path = Path(path)
+    if not path.is_file():
+        msg = f"path: no such file: {path}"
+        raise FileNotFoundError(msg)
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            data = {k: z[k] for k in z.files}
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError) as e:
+        msg = f"{path}: not a readable {kind} file (truncated or corrupt: {e})"
+        raise ValueError(msg) from e
+    found = str(data.pop("__format__", "")) if "__format__" in data else None
+    if found != kind:
+        msg = f"{path}: expected a {kind} file, got {found or 'an npz file without a format tag'}"
+        raise ValueError(msg)
+    got_version = int(data.pop("__version__"))
+    if got_version != version:
+        msg = f"{path}: {kind} format version {got_version} is not supported (expected {version})"
+        raise ValueError(msg)
+    checksum = str(data.pop("__sha256__", ""))
+    check = dict(data)
+    check["__format__"] = np.array(kind)
+    check["__version__"] = np.array(version)
+    if checksum != _digest(check):
+        msg = f"{path}: checksum mismatch: the file was modified or damaged after it was written"
+        raise ValueError(msg)
+    return data

@@ -1,0 +1,611 @@
+"""``PatchStats``: the second-order statistics of every patch of a dataset.
+
+Data flows one way: a source yields batches, the Rust core turns each batch into raw moments
+(count, sum, ``sum p p^T``, per-class counts and sums), and ``PatchStats`` accumulates them.
+Everything else (mean, covariance, PCA, ZCA, normalisation, spectra) is derived from the raw
+moments. For ``uint8`` images the raw moments are exact integers, so a ``PatchStats`` is the same
+to the last bit however the data was batched, threaded, sharded or merged.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Any
+
+import numpy as np
+
+from firstlayer import _core
+from firstlayer._arrays import as_batch, as_labels, is_torch_tensor
+from firstlayer._io import load_npz, save_npz
+
+MAX_KERNEL_SIZE = 15
+_FORMAT = "firstlayer.PatchStats"
+_VERSION = 1
+_METHODS = ("auto", "direct", "shifted")
+_U64_MAX = np.iinfo(np.uint64).max
+
+
+@dataclass(frozen=True)
+class PCA:
+    """Principal components of the patches.
+
+    Attributes
+    ----------
+    eigenvalues : ndarray, shape (p,)
+        Variances along the components (eigenvalues of the covariance), descending. These are the
+        paper's ``lambda_i^2`` (Definition 4.1).
+    components : ndarray, shape (p, p)
+        Unit eigenvectors as columns, in the patch order ``(c, i, j)``. Each is signed so that its
+        largest-magnitude entry is positive (eigenvector signs are otherwise arbitrary).
+    """
+
+    eigenvalues: np.ndarray
+    components: np.ndarray
+
+
+def _check_int(name: str, value: Any, lo: int, hi: int | None = None) -> int:
+    if isinstance(value, bool) or not isinstance(value, int | np.integer):
+        msg = f"{name}: expected an integer, got {type(value).__name__} {value!r}"
+        raise TypeError(msg)
+    if value < lo or (hi is not None and value > hi):
+        rng = f"[{lo}, {hi}]" if hi is not None else f">= {lo}"
+        msg = f"{name}: expected an integer in {rng}, got {value}"
+        raise ValueError(msg)
+    return int(value)
+
+
+def _per_channel(name: str, value: Any, channels: int) -> np.ndarray:
+    arr = np.atleast_1d(np.asarray(value, dtype=np.float64))
+    if arr.shape == (1,):
+        arr = np.repeat(arr, channels)
+    if arr.shape != (channels,):
+        msg = f"{name}: expected a scalar or {channels} values (one per channel), got {arr.shape}"
+        raise ValueError(msg)
+    if not np.all(np.isfinite(arr)):
+        msg = f"{name}: expected finite values, got {arr.tolist()}"
+        raise ValueError(msg)
+    return arr
+
+
+class PatchStats:
+    """Count, sum and second moment of all ``C x k x k`` patches of a dataset.
+
+    Build one with :func:`patch_stats`, or stream with :meth:`empty` and :meth:`update`. Patches
+    are flattened in the order ``(c, i, j)``, identical to ``conv.weight.flatten(1)``.
+
+    Attributes
+    ----------
+    kernel_size, stride, padding, channels : int
+        The window and the number of image channels.
+    exact : bool
+        True when the sums are exact integers (``uint64``, from ``uint8`` images).
+    count : int
+        Number of patches. ``n_images``: number of images.
+    transform : dict or None
+        For statistics made by :meth:`normalized`, the ``mean``, ``std`` and ``scale`` applied.
+    skipped : list of str
+        Inputs that a streaming source skipped (``on_error="skip"``), with the reason.
+    """
+
+    def __init__(
+        self,
+        *,
+        kernel_size: int,
+        stride: int,
+        padding: int,
+        channels: int,
+        exact: bool,
+        count: int,
+        n_images: int,
+        sum: np.ndarray,  # noqa: A002 - the statistic's name
+        second_moment: np.ndarray,
+        class_counts: np.ndarray | None = None,
+        class_sums: np.ndarray | None = None,
+        transform: dict[str, Any] | None = None,
+        skipped: Sequence[str] = (),
+    ) -> None:
+        self.kernel_size = kernel_size
+        self.stride = stride
+        self.padding = padding
+        self.channels = channels
+        self.exact = exact
+        self.count = int(count)
+        self.n_images = int(n_images)
+        dtype = np.uint64 if exact else np.float64
+        p = self.dim
+        self._sum = np.asarray(sum, dtype=dtype).reshape(p)
+        self._second = np.asarray(second_moment, dtype=dtype).reshape(p, p)
+        if class_counts is None:
+            class_counts = np.zeros(0, np.uint64)
+            class_sums = np.zeros((0, p), dtype)
+        self._class_counts = np.asarray(class_counts, dtype=np.uint64)
+        self._class_sums = np.asarray(class_sums, dtype=dtype).reshape(-1, p)
+        self.transform = transform
+        self.skipped: list[str] = list(skipped)
+
+    # -- construction ----------------------------------------------------------------------
+    @classmethod
+    def empty(
+        cls,
+        kernel_size: int,
+        channels: int,
+        *,
+        stride: int = 1,
+        padding: int = 0,
+        exact: bool = True,
+    ) -> PatchStats:
+        """Statistics of no patches, to be filled with :meth:`update` or ``+``."""
+        k = _check_int("kernel_size", kernel_size, 1, MAX_KERNEL_SIZE)
+        _check_int("stride", stride, 1)
+        _check_int("padding", padding, 0, k - 1)
+        _check_int("channels", channels, 1)
+        p = channels * k * k
+        dtype = np.uint64 if exact else np.float64
+        return cls(
+            kernel_size=k,
+            stride=int(stride),
+            padding=int(padding),
+            channels=int(channels),
+            exact=exact,
+            count=0,
+            n_images=0,
+            sum=np.zeros(p, dtype),
+            second_moment=np.zeros((p, p), dtype),
+        )
+
+    def update(
+        self,
+        x: Any,
+        labels: Any = None,
+        *,
+        layout: str | None = None,
+        method: str = "auto",
+    ) -> PatchStats:
+        """Add the patches of a batch of images (in place) and return ``self``.
+
+        Parameters
+        ----------
+        x : ndarray or torch.Tensor
+            ``(N, C, H, W)``, ``(N, H, W, C)`` or ``(N, H, W)``; ``uint8`` for exact statistics,
+            else ``float32``/``float64``. Read in place: it must be C-contiguous.
+        labels : array-like of int, optional
+            One class per image; adds per-class patch counts and sums.
+        layout : {"NCHW", "NHWC"}, optional
+            See :func:`patch_stats` for the rule when omitted.
+        method : {"auto", "direct", "shifted"}
+            The Rust kernel; both give the same result (bit-identical for ``uint8``).
+        """
+        arr, lay = as_batch(x, layout)
+        channels = arr.shape[1] if lay == "NCHW" else arr.shape[3]
+        if channels != self.channels:
+            msg = f"x: expected images with {self.channels} channels, got {channels} ({lay})"
+            raise ValueError(msg)
+        is_exact = arr.dtype == np.uint8
+        if is_exact != self.exact:
+            want = "uint8" if self.exact else "float32 or float64"
+            msg = f"x: these statistics accumulate {want} images, got {arr.dtype}"
+            raise TypeError(msg)
+        if self.transform is not None:
+            msg = "update: normalized statistics are derived; update the raw statistics instead"
+            raise ValueError(msg)
+        if method not in _METHODS:
+            msg = f"method: expected one of {_METHODS}, got {method!r}"
+            raise ValueError(msg)
+        lab = None
+        n_classes = 0
+        if labels is not None:
+            lab = as_labels(labels, arr.shape[0])
+            n_classes = max(int(lab.max()) + 1, len(self._class_counts))
+        raw = _core.patch_moments(
+            arr,
+            layout=lay,
+            kernel_size=self.kernel_size,
+            stride=self.stride,
+            padding=self.padding,
+            labels=lab,
+            n_classes=n_classes,
+            method=method,
+        )
+        self._add_raw(
+            raw["count"],
+            arr.shape[0],
+            raw["sum"],
+            raw["second_moment"],
+            raw["class_counts"] if lab is not None else None,
+            raw["class_sums"] if lab is not None else None,
+        )
+        return self
+
+    def _add_raw(
+        self,
+        count: int,
+        n_images: int,
+        s: np.ndarray,
+        m: np.ndarray,
+        class_counts: np.ndarray | None,
+        class_sums: np.ndarray | None,
+    ) -> None:
+        self._sum = _add(self._sum, s, "sum")
+        self._second = _add(self._second, m, "second_moment")
+        if class_counts is not None and class_sums is not None:
+            n = max(len(self._class_counts), len(class_counts))
+            self._class_counts = _add(_pad(self._class_counts, n), _pad(class_counts, n), "counts")
+            self._class_sums = _add(_pad(self._class_sums, n), _pad(class_sums, n), "class sums")
+        self.count += int(count)
+        self.n_images += int(n_images)
+        self.__dict__.pop("covariance", None)
+
+    def merge(self, other: PatchStats) -> PatchStats:
+        """Statistics of the union of both datasets (a new object); same as ``self + other``."""
+        if not isinstance(other, PatchStats):
+            msg = f"other: expected PatchStats, got {type(other).__name__}"
+            raise TypeError(msg)
+        mine = (self.kernel_size, self.stride, self.padding, self.channels, self.exact)
+        theirs = (other.kernel_size, other.stride, other.padding, other.channels, other.exact)
+        if mine != theirs or self.transform != other.transform:
+            msg = (
+                "other: cannot merge statistics of different windows or kinds: "
+                f"(kernel_size, stride, padding, channels, exact) {mine} vs {theirs}"
+            )
+            raise ValueError(msg)
+        out = self.copy()
+        has_classes = len(other._class_counts) > 0
+        out._add_raw(
+            other.count,
+            other.n_images,
+            other._sum,
+            other._second,
+            other._class_counts if has_classes else None,
+            other._class_sums if has_classes else None,
+        )
+        out.skipped = self.skipped + other.skipped
+        return out
+
+    def __add__(self, other: PatchStats) -> PatchStats:
+        return self.merge(other)
+
+    def copy(self) -> PatchStats:
+        """A deep copy."""
+        return PatchStats(
+            kernel_size=self.kernel_size,
+            stride=self.stride,
+            padding=self.padding,
+            channels=self.channels,
+            exact=self.exact,
+            count=self.count,
+            n_images=self.n_images,
+            sum=self._sum.copy(),
+            second_moment=self._second.copy(),
+            class_counts=self._class_counts.copy(),
+            class_sums=self._class_sums.copy(),
+            transform=None if self.transform is None else dict(self.transform),
+            skipped=self.skipped,
+        )
+
+    # -- raw statistics --------------------------------------------------------------------
+    @property
+    def dim(self) -> int:
+        """Patch dimension ``p = C * k * k``."""
+        return self.channels * self.kernel_size**2
+
+    @property
+    def sum(self) -> np.ndarray:
+        """Sum of all patches, shape ``(p,)`` (``uint64`` when exact)."""
+        return _readonly(self._sum)
+
+    @property
+    def second_moment(self) -> np.ndarray:
+        """``sum_n p_n p_n^T``, shape ``(p, p)`` (``uint64`` when exact)."""
+        return _readonly(self._second)
+
+    @property
+    def class_counts(self) -> np.ndarray:
+        """Patches per class, shape ``(n_classes,)`` (empty without labels)."""
+        return _readonly(self._class_counts)
+
+    @property
+    def class_sums(self) -> np.ndarray:
+        """Sum of the patches of each class, shape ``(n_classes, p)``."""
+        return _readonly(self._class_sums)
+
+    # -- derived statistics ----------------------------------------------------------------
+    def _require_data(self) -> None:
+        if self.count == 0:
+            msg = "these statistics hold no patches yet; call update() with images first"
+            raise ValueError(msg)
+
+    @property
+    def mean(self) -> np.ndarray:
+        """Mean patch, shape ``(p,)``."""
+        self._require_data()
+        return self._sum.astype(np.float64) / self.count
+
+    @cached_property
+    def covariance(self) -> np.ndarray:
+        """Covariance of the patches (divided by the count), shape ``(p, p)``.
+
+        Exact statistics are centred in integer arithmetic, ``(n M - s s^T) / n^2``, so the only
+        rounding is the final division.
+        """
+        self._require_data()
+        n = self.count
+        if self.exact:
+            s = self._sum.astype(object)
+            centred = self._second.astype(object) * n - np.outer(s, s)
+            cov = (centred / (n * n)).astype(np.float64)
+        else:
+            mu = self._sum / n
+            cov = self._second / n - np.outer(mu, mu)
+        cov = (cov + cov.T) / 2
+        cov.flags.writeable = False
+        return cov
+
+    def pca(self) -> PCA:
+        """Eigen-decomposition of the covariance, eigenvalues descending."""
+        values, vectors = np.linalg.eigh(self.covariance)
+        order = np.argsort(values)[::-1]
+        values = np.clip(values[order], 0.0, None)
+        vectors = vectors[:, order]
+        flip = vectors[np.abs(vectors).argmax(axis=0), np.arange(vectors.shape[1])] < 0
+        vectors[:, flip] *= -1
+        return PCA(eigenvalues=values, components=vectors)
+
+    def zca(self, eps: float = 1e-5) -> np.ndarray:
+        """ZCA whitening matrix ``U diag((lambda + eps)^-1/2) U^T``, shape ``(p, p)``."""
+        if not np.isfinite(eps) or eps < 0:
+            msg = f"eps: expected a finite number >= 0, got {eps}"
+            raise ValueError(msg)
+        pca = self.pca()
+        if eps == 0 and pca.eigenvalues.min() <= 0:
+            msg = "eps: the covariance is singular; pass eps > 0"
+            raise ValueError(msg)
+        u = pca.components
+        return (u / np.sqrt(pca.eigenvalues + eps)) @ u.T
+
+    def normalized(self, mean: Any, std: Any, scale: float = 1 / 255) -> PatchStats:
+        """Exact statistics of the images ``(x * scale - mean) / std`` (per channel).
+
+        Derived from the raw moments by the affine map, without touching the data: use it for
+        the patches "as the network saw them" (e.g. torchvision's normalisation).
+        """
+        self._require_data()
+        mean_c = _per_channel("mean", mean, self.channels)
+        std_c = _per_channel("std", std, self.channels)
+        if np.any(std_c == 0):
+            msg = f"std: expected non-zero values, got {std_c.tolist()}"
+            raise ValueError(msg)
+        if not np.isfinite(scale) or scale == 0:
+            msg = f"scale: expected a finite non-zero number, got {scale}"
+            raise ValueError(msg)
+        kk = self.kernel_size**2
+        d = np.repeat(scale / std_c, kk)
+        o = np.repeat(-mean_c / std_c, kk)
+        n = self.count
+        mu = d * self.mean + o
+        cov = self.covariance * np.outer(d, d)
+        second = n * (cov + np.outer(mu, mu))
+        counts = self._class_counts.astype(np.float64)
+        class_sums = self._class_sums.astype(np.float64) * d + counts[:, None] * o
+        return PatchStats(
+            kernel_size=self.kernel_size,
+            stride=self.stride,
+            padding=self.padding,
+            channels=self.channels,
+            exact=False,
+            count=n,
+            n_images=self.n_images,
+            sum=n * mu,
+            second_moment=second,
+            class_counts=self._class_counts.copy(),
+            class_sums=class_sums,
+            transform={"mean": mean_c.tolist(), "std": std_c.tolist(), "scale": float(scale)},
+            skipped=self.skipped,
+        )
+
+    @property
+    def class_means(self) -> np.ndarray:
+        """Mean patch of each class, shape ``(n_classes, p)``; NaN rows for empty classes."""
+        counts = self._class_counts.astype(np.float64)[:, None]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(counts > 0, self._class_sums / np.maximum(counts, 1), np.nan)
+
+    def spectrum(self) -> np.ndarray:
+        """Mean 2D DFT power of the patches per channel, ``E|DFT2(patch_c)|^2``, shape (C, k, k).
+
+        Computed from the second moments, ``f^T (M_cc / n) conj(f)`` for each frequency's DFT
+        vector ``f``, without transforming any patch (numpy's ``fft2`` convention).
+        """
+        self._require_data()
+        k = self.kernel_size
+        kk = k * k
+        grid = np.arange(k)
+        phase = np.exp(-2j * np.pi * np.outer(grid, grid) / k)  # (u, i)
+        f = np.einsum("ui,vj->uvij", phase, phase).reshape(kk, kk)  # rows: frequencies
+        out = np.empty((self.channels, k, k))
+        second = self._second.astype(np.float64) / self.count
+        for c in range(self.channels):
+            block = second[c * kk : (c + 1) * kk, c * kk : (c + 1) * kk]
+            out[c] = np.einsum("fi,ij,fj->f", f, block, f.conj()).real.reshape(k, k)
+        return out
+
+    # -- persistence -----------------------------------------------------------------------
+    def save(self, path: str | os.PathLike[str]) -> None:
+        """Write a versioned, checksummed ``.npz`` (no pickle; exact sums stay ``uint64``)."""
+        transform = self.transform or {}
+        save_npz(
+            path,
+            _FORMAT,
+            _VERSION,
+            window=np.array([self.kernel_size, self.stride, self.padding, self.channels]),
+            exact=np.array(self.exact),
+            count=np.array(self.count, dtype=np.uint64),
+            n_images=np.array(self.n_images, dtype=np.uint64),
+            sum=self._sum,
+            second_moment=self._second,
+            class_counts=self._class_counts,
+            class_sums=self._class_sums,
+            transform=np.array(
+                [transform.get("scale", np.nan)]
+                + list(transform.get("mean", []))
+                + list(transform.get("std", []))
+            ),
+            skipped=np.array(self.skipped, dtype=str),
+        )
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> PatchStats:
+        """Read statistics written by :meth:`save`; damaged or foreign files raise ValueError."""
+        z = load_npz(path, _FORMAT, _VERSION)
+        k, stride, padding, channels = (int(v) for v in z["window"])
+        t = z["transform"]
+        transform = None
+        if len(t) > 1:
+            transform = {
+                "mean": t[1 : 1 + channels].tolist(),
+                "std": t[1 + channels :].tolist(),
+                "scale": float(t[0]),
+            }
+        return cls(
+            kernel_size=k,
+            stride=stride,
+            padding=padding,
+            channels=channels,
+            exact=bool(z["exact"]),
+            count=int(z["count"]),
+            n_images=int(z["n_images"]),
+            sum=z["sum"],
+            second_moment=z["second_moment"],
+            class_counts=z["class_counts"],
+            class_sums=z["class_sums"],
+            transform=transform,
+            skipped=z["skipped"].tolist(),
+        )
+
+    # -- comparison and display ------------------------------------------------------------
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, PatchStats):
+            return NotImplemented
+        return (
+            (self.kernel_size, self.stride, self.padding, self.channels, self.exact)
+            == (other.kernel_size, other.stride, other.padding, other.channels, other.exact)
+            and (self.count, self.n_images, self.transform)
+            == (other.count, other.n_images, other.transform)
+            and np.array_equal(self._sum, other._sum)
+            and np.array_equal(self._second, other._second)
+            and np.array_equal(self._class_counts, other._class_counts)
+            and np.array_equal(self._class_sums, other._class_sums)
+        )
+
+    __hash__ = None  # type: ignore[assignment]  # mutable
+
+    def __repr__(self) -> str:
+        kind = "exact uint8 sums" if self.exact else "float64 sums"
+        if self.transform is not None:
+            kind += ", normalized"
+        extra = f", classes={len(self._class_counts)}" if len(self._class_counts) else ""
+        if self.skipped:
+            extra += f", skipped={len(self.skipped)}"
+        return (
+            f"PatchStats(kernel_size={self.kernel_size}, stride={self.stride}, "
+            f"padding={self.padding}, channels={self.channels}, dim={self.dim}, "
+            f"images={self.n_images:,}, patches={self.count:,}, {kind}{extra})"
+        )
+
+
+def _readonly(a: np.ndarray) -> np.ndarray:
+    v = a.view()
+    v.flags.writeable = False
+    return v
+
+
+def _pad(a: np.ndarray, n: int) -> np.ndarray:
+    if len(a) >= n:
+        return a
+    pad = [(0, n - len(a))] + [(0, 0)] * (a.ndim - 1)
+    return np.pad(a, pad)
+
+
+def _add(a: np.ndarray, b: np.ndarray, what: str) -> np.ndarray:
+    """``a + b``; for uint64 sums, refuse to wrap around instead of silently overflowing."""
+    if a.dtype == np.uint64 and b.size and np.any(b > _U64_MAX - a):
+        msg = f"{what}: the exact uint64 accumulator would overflow; split the dataset"
+        raise OverflowError(msg)
+    return a + b
+
+
+def patch_stats(
+    x: Any,
+    kernel_size: int = 3,
+    *,
+    stride: int = 1,
+    padding: int = 0,
+    layout: str | None = None,
+    labels: Any = None,
+    method: str = "auto",
+    **source_options: Any,
+) -> PatchStats:
+    """Exact second-order statistics of every ``C x k x k`` patch of a dataset.
+
+    Parameters
+    ----------
+    x : ndarray, torch.Tensor, dataset, path or name
+        An in-memory batch ``(N, C, H, W)``, ``(N, H, W, C)`` or ``(N, H, W)`` of ``uint8``
+        (exact integer statistics) or ``float32``/``float64`` (``f64`` accumulation), read in
+        place. Anything else (a torch dataset or loader, an image folder, a ``.npy`` file, a
+        dataset name such as ``"sample"``) is streamed by :mod:`firstlayer.sources`.
+    kernel_size : int
+        Patch side ``k``, 1 to 15.
+    stride, padding : int
+        Window stride (>= 1) and zero padding (0: valid positions only, as the paper).
+    layout : {"NCHW", "NHWC"}, optional
+        When omitted: torch tensors are NCHW; for numpy arrays the channel axis is axis 1 or 3,
+        whichever has size 1, 3 or 4 while the other does not; otherwise pass it explicitly.
+    labels : array-like of int, optional
+        One class per image, for per-class counts and mean patches.
+    method : {"auto", "direct", "shifted"}
+        Kernel choice; "auto" picks the faster. All give the same result.
+    **source_options
+        Options of streamed sources (see :func:`firstlayer.sources.stream_stats`).
+
+    Returns
+    -------
+    PatchStats
+
+    Examples
+    --------
+    >>> import numpy as np, firstlayer
+    >>> x = np.random.default_rng(0).integers(0, 256, (10, 3, 32, 32), dtype=np.uint8)
+    >>> firstlayer.patch_stats(x, kernel_size=3).count
+    9000
+    """
+    k = _check_int("kernel_size", kernel_size, 1, MAX_KERNEL_SIZE)
+    _check_int("stride", stride, 1)
+    _check_int("padding", padding, 0, k - 1)
+    if isinstance(x, np.ndarray) or is_torch_tensor(x):
+        if source_options:
+            msg = f"unexpected options for an in-memory array: {sorted(source_options)}"
+            raise TypeError(msg)
+        arr, lay = as_batch(x, layout)
+        stats = PatchStats.empty(
+            k,
+            arr.shape[1] if lay == "NCHW" else arr.shape[3],
+            stride=stride,
+            padding=padding,
+            exact=arr.dtype == np.uint8,
+        )
+        return stats.update(arr, labels, layout=lay, method=method)
+    from firstlayer import sources
+
+    return sources.stream_stats(
+        x,
+        kernel_size=k,
+        stride=stride,
+        padding=padding,
+        layout=layout,
+        labels=labels,
+        method=method,
+        **source_options,
+    )

@@ -1,0 +1,6 @@
+//! Pure-Rust compute kernels: no Python types here, so they are unit-tested with `cargo test`.
+
+pub mod image;
+pub mod moments;
+pub mod simd;
+pub mod spectrum;

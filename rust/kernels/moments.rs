@@ -1,0 +1,706 @@
+//! Second-moment statistics of all image patches: count, sum and `sum p p^T`.
+//!
+//! Two kernels give the same answer:
+//!
+//! * **direct**: gathers every patch and accumulates its outer product (`~p^2/2` multiply-adds
+//!   per patch, `p = C k^2`);
+//! * **shifted products**: entry `M[(c,a),(c',b)]` is the sum of `x_c[q] x_c'[q + d]`, `d = b - a`,
+//!   over the window positions shifted by `a`. For one channel pair and one shift `d` the products
+//!   of a whole image are formed once (row by row, vectorised), summed down the columns, and the
+//!   `k^2` window sums are read off with sliding sums. That is `~C^2 (2k-1)^2 / 2` multiply-adds
+//!   per pixel instead of `~(C k^2)^2 / 2`.
+//!
+//! `u8` images accumulate in integers (`u16` pixels, `u32` column sums, `u64` totals), so the
+//! result is exact and independent of the order of work. Float images accumulate in `f64`.
+
+use std::ops::Range;
+
+use crate::error::{CoreError, CoreResult};
+use crate::kernels::image::{to_planar, Batch, Window};
+use crate::kernels::simd;
+use crate::parallel::chunked_reduce;
+
+/// Arithmetic of one accumulation family.
+pub trait Accum: Send + Sync + 'static {
+    /// A pixel of the planar working copy.
+    type Plane: Copy + Default + Send + Sync;
+    /// A column sum over at most `MAX_ROWS` rows of products.
+    type Col: Copy + Default + Send + Sync;
+    /// A total over any number of patches.
+    type Total: Copy + Default + Send + Sync + PartialEq + std::fmt::Debug;
+    /// Rows of products a column sum holds without overflow.
+    const MAX_ROWS: usize;
+    fn mul_add(acc: Self::Col, a: Self::Plane, b: Self::Plane) -> Self::Col;
+    fn plane_add(acc: Self::Col, a: Self::Plane) -> Self::Col;
+    fn widen(c: Self::Col) -> Self::Total;
+    fn add(a: Self::Total, b: Self::Total) -> Self::Total;
+    fn sub(a: Self::Total, b: Self::Total) -> Self::Total;
+}
+
+/// Exact integer arithmetic for `u8` pixels.
+pub struct Exact;
+
+impl Accum for Exact {
+    type Plane = u16;
+    type Col = u32;
+    type Total = u64;
+    // 65535 * 255^2 < 2^32.
+    const MAX_ROWS: usize = 65_535;
+    #[inline(always)]
+    fn mul_add(acc: u32, a: u16, b: u16) -> u32 {
+        // a, b <= 255, so the u16 product is exact; the u32 sum cannot overflow (MAX_ROWS).
+        acc.wrapping_add(u32::from(a.wrapping_mul(b)))
+    }
+    #[inline(always)]
+    fn plane_add(acc: u32, a: u16) -> u32 {
+        acc.wrapping_add(u32::from(a))
+    }
+    #[inline(always)]
+    fn widen(c: u32) -> u64 {
+        u64::from(c)
+    }
+    // Totals are sums of non-negative terms below 2^64 at any realistic scale (2.8e14 patches
+    // of 255s); sliding sums subtract terms that were added before, so wrapping is exact.
+    #[inline(always)]
+    fn add(a: u64, b: u64) -> u64 {
+        a.wrapping_add(b)
+    }
+    #[inline(always)]
+    fn sub(a: u64, b: u64) -> u64 {
+        a.wrapping_sub(b)
+    }
+}
+
+/// `f64` arithmetic for float pixels.
+pub struct Float;
+
+impl Accum for Float {
+    type Plane = f64;
+    type Col = f64;
+    type Total = f64;
+    const MAX_ROWS: usize = usize::MAX;
+    #[inline(always)]
+    fn mul_add(acc: f64, a: f64, b: f64) -> f64 {
+        acc + a * b
+    }
+    #[inline(always)]
+    fn plane_add(acc: f64, a: f64) -> f64 {
+        acc + a
+    }
+    #[inline(always)]
+    fn widen(c: f64) -> f64 {
+        c
+    }
+    #[inline(always)]
+    fn add(a: f64, b: f64) -> f64 {
+        a + b
+    }
+    #[inline(always)]
+    fn sub(a: f64, b: f64) -> f64 {
+        a - b
+    }
+}
+
+/// An input pixel type and the accumulation family it uses.
+pub trait Pixel: Copy + Send + Sync + 'static {
+    type Acc: Accum;
+    /// The pixel as `f64`, or `None` for NaN and infinities.
+    fn to_f64(self) -> Option<f64>;
+    /// The pixel in the working type of its accumulation family, or `None` for NaN/Inf.
+    fn plane(self) -> Option<<Self::Acc as Accum>::Plane>;
+}
+
+impl Pixel for u8 {
+    type Acc = Exact;
+    #[inline(always)]
+    fn to_f64(self) -> Option<f64> {
+        Some(f64::from(self))
+    }
+    #[inline(always)]
+    fn plane(self) -> Option<u16> {
+        Some(u16::from(self))
+    }
+}
+
+impl Pixel for f32 {
+    type Acc = Float;
+    #[inline(always)]
+    fn to_f64(self) -> Option<f64> {
+        self.is_finite().then_some(f64::from(self))
+    }
+    #[inline(always)]
+    fn plane(self) -> Option<f64> {
+        self.is_finite().then_some(f64::from(self))
+    }
+}
+
+impl Pixel for f64 {
+    type Acc = Float;
+    #[inline(always)]
+    fn to_f64(self) -> Option<f64> {
+        self.is_finite().then_some(self)
+    }
+    #[inline(always)]
+    fn plane(self) -> Option<f64> {
+        self.is_finite().then_some(self)
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Method {
+    Direct,
+    Shifted,
+}
+
+impl Method {
+    /// The faster kernel for a window, from measurements (`benches/bench_patch_stats.py`): the
+    /// shifted products win as soon as there is more than one offset per channel.
+    pub fn auto(k: usize) -> Self {
+        if k == 1 {
+            Self::Direct
+        } else {
+            Self::Shifted
+        }
+    }
+}
+
+/// Raw moments of patches of dimension `p`, optionally per class.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Moments<T> {
+    pub p: usize,
+    pub count: u64,
+    pub sum: Vec<T>,
+    /// `p x p`, row-major, symmetric.
+    pub second: Vec<T>,
+    pub class_count: Vec<u64>,
+    /// `n_classes x p`, row-major.
+    pub class_sum: Vec<T>,
+}
+
+impl<T: Copy + Default> Moments<T> {
+    pub fn zeros(p: usize, n_classes: usize) -> Self {
+        Self {
+            p,
+            count: 0,
+            sum: vec![T::default(); p],
+            second: vec![T::default(); p * p],
+            class_count: vec![0; n_classes],
+            class_sum: vec![T::default(); n_classes * p],
+        }
+    }
+}
+
+fn add_into<A: Accum>(dst: &mut [A::Total], src: &[A::Total]) {
+    for (d, &s) in dst.iter_mut().zip(src) {
+        *d = A::add(*d, s);
+    }
+}
+
+impl<T: Copy + Default> Moments<T> {
+    fn merge<A: Accum<Total = T>>(&mut self, other: &Self) {
+        self.count += other.count;
+        add_into::<A>(&mut self.sum, &other.sum);
+        add_into::<A>(&mut self.second, &other.second);
+        for (d, &s) in self.class_count.iter_mut().zip(&other.class_count) {
+            *d += s;
+        }
+        add_into::<A>(&mut self.class_sum, &other.class_sum);
+    }
+}
+
+/// Window geometry of one (padded) image.
+#[derive(Clone, Copy)]
+struct Geo {
+    k: usize,
+    s: usize,
+    ho: usize,
+    wo: usize,
+    wp: usize,
+}
+
+/// Reusable buffers of one worker.
+struct Scratch<A: Accum> {
+    planes: Vec<A::Plane>,
+    col: Vec<A::Col>,
+    hcore: Vec<A::Total>,
+    hedge: Vec<A::Total>,
+    table: Vec<A::Total>,
+    patch: Vec<A::Plane>,
+    upper: Vec<A::Col>,
+}
+
+impl<A: Accum> Scratch<A> {
+    fn new() -> Self {
+        Self {
+            planes: Vec::new(),
+            col: Vec::new(),
+            hcore: Vec::new(),
+            hedge: Vec::new(),
+            table: Vec::new(),
+            patch: Vec::new(),
+            upper: Vec::new(),
+        }
+    }
+}
+
+/// Horizontal window sums of one column-sum vector: `out[aj] = sum_n col[s n + aj]` for every
+/// `aj` in `aj_range`, by sliding sums along each residue class of `aj` modulo the stride.
+#[inline(always)]
+fn hsums<A: Accum>(col: &[A::Col], g: Geo, aj_range: &Range<usize>, out: &mut [A::Total]) {
+    for sigma in 0..g.s.min(g.k) {
+        let q_lo = aj_range.start.saturating_sub(sigma).div_ceil(g.s);
+        let q_hi = aj_range.end.saturating_sub(sigma).div_ceil(g.s);
+        if q_lo >= q_hi {
+            continue;
+        }
+        let first = sigma + g.s * q_lo;
+        let mut acc = A::Total::default();
+        for &v in col[first..].iter().step_by(g.s).take(g.wo) {
+            acc = A::add(acc, A::widen(v));
+        }
+        out[first] = acc;
+        for q in q_lo + 1..q_hi {
+            let aj = sigma + g.s * q;
+            acc = A::sub(acc, A::widen(col[aj - g.s]));
+            acc = A::add(acc, A::widen(col[aj - g.s + g.s * g.wo]));
+            out[aj] = acc;
+        }
+    }
+}
+
+/// `table[ai * k + aj] = sum_{m < ho, n < wo} R_{s m + ai}[s n + aj]` for `ai` in `ai_range` and
+/// `aj` in `aj_range`, where `fill(r, col)` adds row vector `R_r` into `col`.
+///
+/// Rows used by every `ai` of one residue class are summed once (the "core"); the few rows at
+/// the top and bottom that only some `ai` use are summed separately and added back per `ai`.
+#[inline(always)]
+fn window_table<A: Accum>(
+    g: Geo,
+    ai_range: Range<usize>,
+    aj_range: Range<usize>,
+    fill: impl Fn(usize, &mut [A::Col]),
+    sc: &mut Scratch<A>,
+) {
+    let k = g.k;
+    sc.col.resize(g.wp, A::Col::default());
+    sc.hcore.resize(k, A::Total::default());
+    sc.table.clear();
+    sc.table.resize(k * k, A::Total::default());
+    // H(sum of R_r for rows r in `rows`), added into `out`.
+    let hrows = |rows: &mut dyn Iterator<Item = usize>,
+                 col: &mut Vec<A::Col>,
+                 tmp: &mut Vec<A::Total>,
+                 out: &mut [A::Total]| {
+        let mut rows = rows.peekable();
+        while rows.peek().is_some() {
+            col.iter_mut().for_each(|c| *c = A::Col::default());
+            for r in rows.by_ref().take(A::MAX_ROWS) {
+                fill(r, col);
+            }
+            tmp.clear();
+            tmp.resize(k, A::Total::default());
+            hsums::<A>(col, g, &aj_range, tmp);
+            for aj in aj_range.clone() {
+                out[aj] = A::add(out[aj], tmp[aj]);
+            }
+        }
+    };
+    for rho in 0..g.s.min(k) {
+        // The ai of this residue class are rho + s t for t in [t_lo, t_hi); their rows are
+        // rho + s u for u in [t, t + ho).
+        let t_lo = ai_range.start.saturating_sub(rho).div_ceil(g.s);
+        let t_hi = ai_range.end.saturating_sub(rho).div_ceil(g.s);
+        if t_lo >= t_hi {
+            continue;
+        }
+        let row = |u: usize| rho + g.s * u;
+        let mut tmp = std::mem::take(&mut sc.hedge);
+        let mut col = std::mem::take(&mut sc.col);
+        if t_hi - 1 < t_lo + g.ho {
+            let mut hcore = vec![A::Total::default(); k];
+            hrows(&mut (t_hi - 1..t_lo + g.ho).map(row), &mut col, &mut tmp, &mut hcore);
+            // Bottom rows u = t_lo + ho + i are used by every t > t_lo + i; add them cumulatively.
+            let mut bottom = vec![A::Total::default(); k];
+            let mut per_t: Vec<Vec<A::Total>> = Vec::with_capacity(t_hi - t_lo);
+            for t in t_lo..t_hi {
+                if t > t_lo {
+                    hrows(&mut std::iter::once(row(t - 1 + g.ho)), &mut col, &mut tmp, &mut bottom);
+                }
+                per_t.push(bottom.clone());
+            }
+            // Top rows u = t .. t_hi - 2 are used by every t' <= u; add them going down.
+            let mut top = vec![A::Total::default(); k];
+            for t in (t_lo..t_hi).rev() {
+                if t < t_hi - 1 {
+                    hrows(&mut std::iter::once(row(t)), &mut col, &mut tmp, &mut top);
+                }
+                let ai = rho + g.s * t;
+                let bot = &per_t[t - t_lo];
+                for aj in aj_range.clone() {
+                    sc.table[ai * k + aj] = A::add(A::add(hcore[aj], top[aj]), bot[aj]);
+                }
+            }
+        } else {
+            // Fewer window rows than kernel rows: sum each window directly.
+            for t in t_lo..t_hi {
+                let ai = rho + g.s * t;
+                let mut out = vec![A::Total::default(); k];
+                hrows(&mut (t..t + g.ho).map(row), &mut col, &mut tmp, &mut out);
+                sc.table[ai * k..(ai + 1) * k].copy_from_slice(&out);
+            }
+        }
+        sc.hedge = tmp;
+        sc.col = col;
+    }
+}
+
+/// Index range of offsets `a` in `[0, k)` with `a + d` also in `[0, k)`.
+fn offset_range(k: usize, d: isize) -> Range<usize> {
+    let lo = (-d).max(0) as usize;
+    let hi = (k as isize - d).min(k as isize).max(0) as usize;
+    lo..hi
+}
+
+/// Adds the moments of the planar image in `sc.planes` with the shifted-products kernel.
+#[inline(always)]
+fn image_shifted<A: Accum>(
+    c: usize,
+    hp: usize,
+    g: Geo,
+    sc: &mut Scratch<A>,
+    second: &mut [A::Total],
+    img_sum: &mut [A::Total],
+) {
+    let (k, wp) = (g.k, g.wp);
+    let kk = k * k;
+    let p = c * kk;
+    let planes = std::mem::take(&mut sc.planes);
+    let plane = |ch: usize| &planes[ch * hp * wp..(ch + 1) * hp * wp];
+    // First moments.
+    for ch in 0..c {
+        let x = plane(ch);
+        window_table::<A>(
+            g,
+            0..k,
+            0..k,
+            |r, col| {
+                for (o, &v) in col.iter_mut().zip(&x[r * wp..(r + 1) * wp]) {
+                    *o = A::plane_add(*o, v);
+                }
+            },
+            sc,
+        );
+        img_sum[ch * kk..(ch + 1) * kk].copy_from_slice(&sc.table);
+    }
+    // Second moments: one product image per channel pair and shift.
+    let kd = k as isize - 1;
+    for c1 in 0..c {
+        for c2 in c1..c {
+            let (xa, xb) = (plane(c1), plane(c2));
+            for di in -kd..=kd {
+                for dj in -kd..=kd {
+                    if c1 == c2 && (di < 0 || (di == 0 && dj < 0)) {
+                        continue; // the mirror entry is filled by symmetry
+                    }
+                    let (ai_range, aj_range) = (offset_range(k, di), offset_range(k, dj));
+                    let j_lo = (-dj).max(0) as usize;
+                    let j_hi = (wp as isize - dj).min(wp as isize) as usize;
+                    window_table::<A>(
+                        g,
+                        ai_range.clone(),
+                        aj_range.clone(),
+                        |r, col| {
+                            let rb = (r as isize + di) as usize;
+                            let a = &xa[r * wp + j_lo..r * wp + j_hi];
+                            let b_start = (rb * wp + j_lo) as isize + dj;
+                            let b = &xb[b_start as usize..b_start as usize + (j_hi - j_lo)];
+                            for ((o, &u), &v) in col[j_lo..j_hi].iter_mut().zip(a).zip(b) {
+                                *o = A::mul_add(*o, u, v);
+                            }
+                        },
+                        sc,
+                    );
+                    for ai in ai_range.clone() {
+                        let bi = (ai as isize + di) as usize;
+                        for aj in aj_range.clone() {
+                            let bj = (aj as isize + dj) as usize;
+                            let r1 = c1 * kk + ai * k + aj;
+                            let r2 = c2 * kk + bi * k + bj;
+                            let v = sc.table[ai * k + aj];
+                            second[r1 * p + r2] = A::add(second[r1 * p + r2], v);
+                            if r1 != r2 {
+                                second[r2 * p + r1] = A::add(second[r2 * p + r1], v);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    sc.planes = planes;
+}
+
+/// Adds the moments of the planar image in `sc.planes` by gathering every patch.
+#[inline(always)]
+fn image_direct<A: Accum>(
+    c: usize,
+    hp: usize,
+    g: Geo,
+    sc: &mut Scratch<A>,
+    second: &mut [A::Total],
+    img_sum: &mut [A::Total],
+) {
+    let (k, s, wp) = (g.k, g.s, g.wp);
+    let p = c * k * k;
+    sc.patch.resize(p, A::Plane::default());
+    let mut upper = std::mem::take(&mut sc.upper);
+    let mut sums = vec![A::Col::default(); p];
+    upper.clear();
+    upper.resize(p * p, A::Col::default());
+    let flush = |upper: &mut [A::Col], sums: &mut [A::Col], second: &mut [A::Total], img_sum: &mut [A::Total]| {
+        for r in 0..p {
+            for q in r..p {
+                let v = A::widen(upper[r * p + q]);
+                second[r * p + q] = A::add(second[r * p + q], v);
+                if q != r {
+                    second[q * p + r] = A::add(second[q * p + r], v);
+                }
+                upper[r * p + q] = A::Col::default();
+            }
+            img_sum[r] = A::add(img_sum[r], A::widen(sums[r]));
+            sums[r] = A::Col::default();
+        }
+    };
+    let mut pending = 0;
+    for m in 0..g.ho {
+        for n in 0..g.wo {
+            let mut idx = 0;
+            for ch in 0..c {
+                for i in 0..k {
+                    let start = (ch * hp + s * m + i) * wp + s * n;
+                    sc.patch[idx..idx + k].copy_from_slice(&sc.planes[start..start + k]);
+                    idx += k;
+                }
+            }
+            for r in 0..p {
+                let xr = sc.patch[r];
+                sums[r] = A::plane_add(sums[r], xr);
+                for (o, &xq) in upper[r * p + r..(r + 1) * p].iter_mut().zip(&sc.patch[r..]) {
+                    *o = A::mul_add(*o, xr, xq);
+                }
+            }
+            pending += 1;
+            if pending == A::MAX_ROWS {
+                flush(&mut upper, &mut sums, second, img_sum);
+                pending = 0;
+            }
+        }
+    }
+    flush(&mut upper, &mut sums, second, img_sum);
+    sc.upper = upper;
+}
+
+/// Moments of the patches of every image in a C-contiguous batch `x`.
+///
+/// `labels` (one per image, in `[0, n_classes)`) adds per-class patch counts and sums.
+pub fn patch_moments<T: Pixel>(
+    x: &[T],
+    batch: Batch,
+    win: Window,
+    labels: Option<&[i64]>,
+    n_classes: usize,
+    method: Method,
+) -> CoreResult<Moments<<T::Acc as Accum>::Total>> {
+    type Tot<T> = <<T as Pixel>::Acc as Accum>::Total;
+    batch.check(x.len())?;
+    let (hp, wp, ho, wo) = win.geometry(batch.h, batch.w)?;
+    let p = batch.c * win.k * win.k;
+    if let Some(l) = labels {
+        if l.len() != batch.n {
+            return Err(CoreError::shape(
+                "labels",
+                format!("({},) (one label per image)", batch.n),
+                format!("({},)", l.len()),
+            ));
+        }
+        if let Some((i, &bad)) = l.iter().enumerate().find(|(_, &v)| v < 0 || v as usize >= n_classes) {
+            return Err(CoreError::value(
+                "labels",
+                format!("expected integers in [0, n_classes={n_classes}), got {bad} at index {i}"),
+            ));
+        }
+    }
+    let n_classes = if labels.is_some() { n_classes } else { 0 };
+    let g = Geo { k: win.k, s: win.stride, ho, wo, wp };
+    let per_image = (ho * wo) as u64;
+    let partial_bytes = (p * p + p * (n_classes + 1)) * std::mem::size_of::<Tot<T>>();
+    chunked_reduce(
+        batch.n,
+        partial_bytes,
+        Moments::<Tot<T>>::zeros(p, n_classes),
+        |range| {
+            simd::dispatch(|| {
+                let mut part = Moments::<Tot<T>>::zeros(p, n_classes);
+                let mut sc = Scratch::<T::Acc>::new();
+                let mut img_sum = vec![Tot::<T>::default(); p];
+                for idx in range {
+                    to_planar(x, &batch, idx, win.pad, &mut sc.planes, T::plane)?;
+                    img_sum.iter_mut().for_each(|v| *v = Tot::<T>::default());
+                    match method {
+                        Method::Shifted => {
+                            image_shifted::<T::Acc>(batch.c, hp, g, &mut sc, &mut part.second, &mut img_sum);
+                        }
+                        Method::Direct => {
+                            image_direct::<T::Acc>(batch.c, hp, g, &mut sc, &mut part.second, &mut img_sum);
+                        }
+                    }
+                    add_into::<T::Acc>(&mut part.sum, &img_sum);
+                    part.count += per_image;
+                    if let Some(l) = labels {
+                        let cls = l[idx] as usize;
+                        part.class_count[cls] += per_image;
+                        add_into::<T::Acc>(&mut part.class_sum[cls * p..(cls + 1) * p], &img_sum);
+                    }
+                }
+                Ok(part)
+            })
+        },
+        |total, part| total.merge::<T::Acc>(&part),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernels::image::Layout;
+
+    /// A deterministic pseudo-random generator for test data (xorshift).
+    fn data(n: usize, seed: u64) -> Vec<u8> {
+        let mut s = seed | 1;
+        (0..n)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 7;
+                s ^= s << 17;
+                (s >> 24) as u8
+            })
+            .collect()
+    }
+
+    /// Reference: gather each patch explicitly and accumulate in u64.
+    fn naive(x: &[u8], b: Batch, win: Window) -> (u64, Vec<u64>, Vec<u64>) {
+        let (hp, wp, ho, wo) = win.geometry(b.h, b.w).unwrap();
+        let k = win.k;
+        let p = b.c * k * k;
+        let mut sum = vec![0u64; p];
+        let mut m = vec![0u64; p * p];
+        let mut count = 0;
+        let px = |img: usize, c: usize, i: usize, j: usize| -> u64 {
+            // padded coordinates -> value (0 in the border)
+            if i < win.pad || j < win.pad || i >= hp - win.pad || j >= wp - win.pad {
+                return 0;
+            }
+            let (i, j) = (i - win.pad, j - win.pad);
+            let off = match b.layout {
+                Layout::Nchw => ((img * b.c + c) * b.h + i) * b.w + j,
+                Layout::Nhwc => ((img * b.h + i) * b.w + j) * b.c + c,
+            };
+            u64::from(x[off])
+        };
+        for img in 0..b.n {
+            for mi in 0..ho {
+                for ni in 0..wo {
+                    let mut patch = Vec::with_capacity(p);
+                    for c in 0..b.c {
+                        for i in 0..k {
+                            for j in 0..k {
+                                patch.push(px(img, c, win.stride * mi + i, win.stride * ni + j));
+                            }
+                        }
+                    }
+                    count += 1;
+                    for r in 0..p {
+                        sum[r] += patch[r];
+                        for q in 0..p {
+                            m[r * p + q] += patch[r] * patch[q];
+                        }
+                    }
+                }
+            }
+        }
+        (count, sum, m)
+    }
+
+    #[test]
+    fn both_kernels_match_the_naive_reference() {
+        let cases = [
+            (2, 3, 9, 11, 3, 1, 0, Layout::Nchw),
+            (1, 1, 7, 7, 7, 1, 0, Layout::Nchw),
+            (3, 2, 10, 8, 4, 2, 1, Layout::Nhwc),
+            (2, 3, 12, 13, 5, 3, 2, Layout::Nchw),
+            (1, 2, 5, 6, 1, 1, 0, Layout::Nhwc),
+            (2, 1, 6, 20, 3, 4, 0, Layout::Nchw),
+            (1, 1, 4, 4, 3, 1, 2, Layout::Nchw), // window rows < kernel rows
+        ];
+        for (i, &(n, c, h, w, k, stride, pad, layout)) in cases.iter().enumerate() {
+            let b = Batch { n, c, h, w, layout };
+            let win = Window { k, stride, pad };
+            let x = data(n * c * h * w, 7 + i as u64);
+            let (count, sum, m) = naive(&x, b, win);
+            for method in [Method::Direct, Method::Shifted] {
+                let got = patch_moments(&x, b, win, None, 0, method).unwrap();
+                assert_eq!(got.count, count, "case {i} {method:?}");
+                assert_eq!(got.sum, sum, "case {i} {method:?}");
+                assert_eq!(got.second, m, "case {i} {method:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn float_path_agrees_with_integers() {
+        let b = Batch { n: 3, c: 2, h: 8, w: 9, layout: Layout::Nchw };
+        let win = Window { k: 3, stride: 1, pad: 1 };
+        let x = data(b.n * b.image_len(), 3);
+        let xf: Vec<f32> = x.iter().map(|&v| f32::from(v)).collect();
+        let exact = patch_moments(&x, b, win, None, 0, Method::Shifted).unwrap();
+        for method in [Method::Direct, Method::Shifted] {
+            let got = patch_moments(&xf, b, win, None, 0, method).unwrap();
+            // Integers below 2^53 are represented exactly, so the float sums are exact too.
+            let want: Vec<f64> = exact.second.iter().map(|&v| v as f64).collect();
+            assert_eq!(got.second, want);
+        }
+    }
+
+    #[test]
+    fn labels_split_sums_by_class() {
+        let b = Batch { n: 4, c: 1, h: 5, w: 5, layout: Layout::Nchw };
+        let win = Window { k: 2, stride: 1, pad: 0 };
+        let x = data(b.n * b.image_len(), 11);
+        let got = patch_moments(&x, b, win, Some(&[1, 0, 1, 1]), 2, Method::Shifted).unwrap();
+        assert_eq!(got.class_count, vec![16, 48]);
+        let total: Vec<u64> = (0..4).map(|i| got.class_sum[i] + got.class_sum[4 + i]).collect();
+        assert_eq!(total, got.sum);
+        assert!(patch_moments(&x, b, win, Some(&[1, 0, 2, 1]), 2, Method::Shifted).is_err());
+        assert!(patch_moments(&x, b, win, Some(&[1, 0]), 2, Method::Shifted).is_err());
+    }
+
+    #[test]
+    fn non_finite_floats_are_rejected() {
+        let b = Batch { n: 1, c: 1, h: 3, w: 3, layout: Layout::Nchw };
+        let mut x = vec![0.5f64; 9];
+        x[4] = f64::NAN;
+        let err = patch_moments(&x, b, Window { k: 2, stride: 1, pad: 0 }, None, 0, Method::Shifted);
+        assert!(err.unwrap_err().to_string().contains("NaN"));
+    }
+
+    #[test]
+    fn all_255_totals_are_exact() {
+        // Worst case per pixel: every product is 255^2.
+        let b = Batch { n: 20, c: 3, h: 16, w: 16, layout: Layout::Nchw };
+        let x = vec![255u8; b.n * b.image_len()];
+        let got = patch_moments(&x, b, Window { k: 3, stride: 1, pad: 0 }, None, 0, Method::Shifted).unwrap();
+        let count = 20 * 14 * 14;
+        assert_eq!(got.count, count);
+        assert!(got.second.iter().all(|&v| v == count * 65025));
+    }
+}

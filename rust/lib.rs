@@ -1,0 +1,203 @@
+//! Python bindings of the firstlayer core (`firstlayer._core`).
+//!
+//! This is the only file that knows Python: each binding extracts its arguments, releases the GIL
+//! around the pure-Rust kernel, and hands the result back as numpy arrays without copying.
+
+pub mod error;
+pub mod kernels;
+pub mod parallel;
+
+use numpy::{
+    Complex64, PyArray1, PyArrayMethods, PyReadonlyArray1, PyReadonlyArray3, PyReadonlyArray4,
+    PyUntypedArrayMethods,
+};
+use pyo3::exceptions::{PyTypeError, PyValueError};
+use pyo3::prelude::*;
+use pyo3::types::PyDict;
+
+use crate::error::CoreError;
+use crate::kernels::image::{Batch, Layout, Window};
+use crate::kernels::moments::{self, Method, Moments, Pixel};
+use crate::kernels::spectrum;
+
+/// A 4-D image batch of one of the supported dtypes, borrowed from numpy.
+enum Images<'py> {
+    U8(PyReadonlyArray4<'py, u8>),
+    F32(PyReadonlyArray4<'py, f32>),
+    F64(PyReadonlyArray4<'py, f64>),
+}
+
+fn describe(x: &Bound<'_, PyAny>) -> String {
+    match (x.getattr("dtype"), x.getattr("shape")) {
+        (Ok(d), Ok(s)) => format!("an array of dtype {d} and shape {s}"),
+        _ => format!("an object of type {}", x.get_type().name().map_or_else(|_| "?".into(), |n| n.to_string())),
+    }
+}
+
+fn images<'py>(x: &Bound<'py, PyAny>) -> PyResult<Images<'py>> {
+    if let Ok(a) = x.extract::<PyReadonlyArray4<'py, u8>>() {
+        return Ok(Images::U8(a));
+    }
+    if let Ok(a) = x.extract::<PyReadonlyArray4<'py, f32>>() {
+        return Ok(Images::F32(a));
+    }
+    if let Ok(a) = x.extract::<PyReadonlyArray4<'py, f64>>() {
+        return Ok(Images::F64(a));
+    }
+    Err(PyTypeError::new_err(format!(
+        "x: expected a 4-D numpy array of uint8, float32 or float64, got {}",
+        describe(x)
+    )))
+}
+
+fn contiguous<'a, T: numpy::Element, D: numpy::ndarray::Dimension>(
+    a: &'a numpy::PyReadonlyArray<'_, T, D>,
+    arg: &str,
+) -> PyResult<&'a [T]> {
+    a.as_slice().map_err(|_| {
+        PyValueError::new_err(format!(
+            "{arg}: expected a C-contiguous array, got strides {:?}; pass np.ascontiguousarray({arg})",
+            a.strides()
+        ))
+    })
+}
+
+fn batch(shape: &[usize], layout: &str) -> PyResult<Batch> {
+    let layout = match layout {
+        "NCHW" => Layout::Nchw,
+        "NHWC" => Layout::Nhwc,
+        other => {
+            return Err(CoreError::param("layout", "'NCHW' or 'NHWC'", format!("{other:?}")).into());
+        }
+    };
+    let (n, c, h, w) = match layout {
+        Layout::Nchw => (shape[0], shape[1], shape[2], shape[3]),
+        Layout::Nhwc => (shape[0], shape[3], shape[1], shape[2]),
+    };
+    Ok(Batch { n, c, h, w, layout })
+}
+
+fn moments_dict<'py, T: numpy::Element + Copy>(
+    py: Python<'py>,
+    m: Moments<T>,
+    exact: bool,
+) -> PyResult<Bound<'py, PyDict>> {
+    let p = m.p;
+    let n_classes = m.class_count.len();
+    let d = PyDict::new(py);
+    d.set_item("count", m.count)?;
+    d.set_item("exact", exact)?;
+    d.set_item("sum", PyArray1::from_vec(py, m.sum))?;
+    d.set_item("second_moment", PyArray1::from_vec(py, m.second).reshape([p, p])?)?;
+    d.set_item("class_counts", PyArray1::from_vec(py, m.class_count))?;
+    d.set_item("class_sums", PyArray1::from_vec(py, m.class_sum).reshape([n_classes, p])?)?;
+    Ok(d)
+}
+
+/// Raw patch moments of a C-contiguous 4-D batch: a dict with `count`, `sum`, `second_moment`,
+/// `class_counts`, `class_sums` and `exact` (uint64 sums for uint8 input, float64 otherwise).
+#[pyfunction]
+#[pyo3(signature = (x, *, layout, kernel_size, stride = 1, padding = 0, labels = None, n_classes = 0, method = "auto"))]
+#[allow(clippy::too_many_arguments)]
+fn patch_moments<'py>(
+    py: Python<'py>,
+    x: &Bound<'py, PyAny>,
+    layout: &str,
+    kernel_size: usize,
+    stride: usize,
+    padding: usize,
+    labels: Option<PyReadonlyArray1<'py, i64>>,
+    n_classes: usize,
+    method: &str,
+) -> PyResult<Bound<'py, PyDict>> {
+    let win = Window { k: kernel_size, stride, pad: padding };
+    let method = match method {
+        "auto" => Method::auto(kernel_size),
+        "direct" => Method::Direct,
+        "shifted" => Method::Shifted,
+        other => {
+            return Err(CoreError::param("method", "'auto', 'direct' or 'shifted'", format!("{other:?}")).into());
+        }
+    };
+    let labels_slice = labels.as_ref().map(|l| contiguous(l, "labels")).transpose()?;
+    fn run<'py, T: Pixel>(
+        py: Python<'py>,
+        a: &PyReadonlyArray4<'py, T>,
+        layout: &str,
+        win: Window,
+        labels: Option<&[i64]>,
+        n_classes: usize,
+        method: Method,
+    ) -> PyResult<Moments<<T::Acc as moments::Accum>::Total>>
+    where
+        T: numpy::Element,
+    {
+        let b = batch(a.shape(), layout)?;
+        let x = contiguous(a, "x")?;
+        Ok(py.detach(|| moments::patch_moments(x, b, win, labels, n_classes, method))?)
+    }
+    match images(x)? {
+        Images::U8(a) => {
+            let m = run(py, &a, layout, win, labels_slice, n_classes, method)?;
+            moments_dict(py, m, true)
+        }
+        Images::F32(a) => {
+            let m = run(py, &a, layout, win, labels_slice, n_classes, method)?;
+            moments_dict(py, m, false)
+        }
+        Images::F64(a) => {
+            let m = run(py, &a, layout, win, labels_slice, n_classes, method)?;
+            moments_dict(py, m, false)
+        }
+    }
+}
+
+/// 2D DFT over the last two axes of a C-contiguous float64 array of shape `(B, H, W)`.
+#[pyfunction]
+fn dft2<'py>(py: Python<'py>, x: PyReadonlyArray3<'py, f64>) -> PyResult<Bound<'py, numpy::PyArray3<Complex64>>> {
+    let (n, h, w) = (x.shape()[0], x.shape()[1], x.shape()[2]);
+    let data = contiguous(&x, "x")?;
+    let out = py.detach(|| spectrum::dft2(data, n, h, w))?;
+    PyArray1::from_vec(py, out).reshape([n, h, w])
+}
+
+/// Sum over images of the per-channel 2D power spectrum `|DFT2(x_c)|^2`, shape `(C, H, W)`.
+#[pyfunction]
+#[pyo3(signature = (x, *, layout))]
+fn image_power_sum<'py>(
+    py: Python<'py>,
+    x: &Bound<'py, PyAny>,
+    layout: &str,
+) -> PyResult<Bound<'py, numpy::PyArray3<f64>>> {
+    fn run<'py, T: Pixel + numpy::Element>(
+        py: Python<'py>,
+        a: &PyReadonlyArray4<'py, T>,
+        layout: &str,
+    ) -> PyResult<Bound<'py, numpy::PyArray3<f64>>> {
+        let b = batch(a.shape(), layout)?;
+        let x = contiguous(a, "x")?;
+        let out = py.detach(|| spectrum::power_sum(x, b))?;
+        PyArray1::from_vec(py, out).reshape([b.c, b.h, b.w])
+    }
+    match images(x)? {
+        Images::U8(a) => run(py, &a, layout),
+        Images::F32(a) => run(py, &a, layout),
+        Images::F64(a) => run(py, &a, layout),
+    }
+}
+
+/// Number of threads of the global pool (`RAYON_NUM_THREADS`, else the number of cores).
+#[pyfunction]
+fn num_threads() -> usize {
+    rayon::current_num_threads()
+}
+
+#[pymodule(gil_used = false)]
+mod _core {
+    #[pymodule_export]
+    use super::{dft2, image_power_sum, num_threads, patch_moments};
+
+    #[pymodule_export]
+    #[allow(non_upper_case_globals)] // Python's dunder name
+    const __version__: &str = env!("CARGO_PKG_VERSION");
+}

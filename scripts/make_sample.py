@@ -1,4 +1,4 @@
-"""Make ``python/firstlayer/data/sample.npz``, the small real CIFAR-10 sample bundled with firstlayer.
+"""Make ``python/firstlayer/data/sample.npz``, the small real CIFAR-10 sample firstlayer ships.
 
 The pixels are the exact bytes of the original CIFAR-10 python batches (as recovered in
 ``shared/data/cifar10_exact_subset.npz``, see its README): every exact test image (the first
@@ -105,7 +105,7 @@ def write_npz(path: Path, arrays: dict[str, np.ndarray]) -> bytes:
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry point."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", type=Path, default=None, help="folder of cifar10_exact_subset.npz")
+    parser.add_argument("--data", type=Path, help="folder holding cifar10_exact_subset.npz")
     parser.add_argument(
         "--out", type=Path, default=REPO / "python" / "firstlayer" / "data" / "sample.npz"
     )

@@ -100,6 +100,14 @@ def _as_bytes(raw: object) -> bytes:
     raise ValueError(f"array data must be bytes, got {type(raw).__name__}")
 
 
+def _as_text(value: object) -> str:
+    if isinstance(value, bytes):
+        return value.decode("latin-1")
+    if isinstance(value, str):
+        return value
+    raise ValueError(f"expected a string, got {type(value).__name__}")
+
+
 def _make_array(raw: object, dtype: object, shape: object, order: str) -> np.ndarray:
     if not isinstance(dtype, _DtypeStub):
         raise ValueError("array dtype is not a numpy dtype")
@@ -348,9 +356,9 @@ class _Machine:
                     raise ValueError("unexpected arguments to _frombuffer")
                 return _make_array(args[0], args[1], args[2], args[3])
             if func.name == _DTYPE:
-                if len(args) != 3 or not isinstance(args[0], str):
+                if len(args) != 3 or not isinstance(args[0], str | bytes):
                     raise ValueError(f"unexpected arguments to numpy.dtype: {args!r}")
-                return _DtypeStub(args[0])
+                return _DtypeStub(_as_text(args[0]))
             if func.name == _CODECS_ENCODE:
                 if len(args) != 2 or not isinstance(args[0], str):
                     raise ValueError("unexpected arguments to _codecs.encode")
@@ -364,11 +372,12 @@ class _Machine:
     def build(self, target: Any, state: Any, offset: int) -> None:
         try:
             if isinstance(target, _DtypeStub):
-                if not isinstance(state, tuple) or len(state) < 2 or state[1] not in "<>|=":
+                order = _as_text(state[1]) if isinstance(state, tuple) and len(state) > 1 else ""
+                if order not in ("<", ">", "|", "="):
                     raise ValueError(f"unexpected dtype state {state!r}")
                 if len(state) >= 5 and (state[3] is not None or state[4] is not None):
                     raise ValueError("structured dtypes are not allowed")
-                target.byteorder = state[1]
+                target.byteorder = order
                 target.resolve()
                 return
             if isinstance(target, _ArrayStub):

@@ -143,8 +143,8 @@ class Source:
         Human-readable, used in the progress line and in messages.
     total : int or None
         Number of items, when known in advance.
-    has_labels : bool
-        Whether the steps carry labels.
+    has_labels : bool or None
+        Whether the steps carry labels; ``None`` when only the first batch will tell.
     n_classes : int or None
         Number of classes, when known.
     class_names : list of str or None
@@ -152,7 +152,7 @@ class Source:
 
     name: str = "source"
     total: int | None = None
-    has_labels: bool = False
+    has_labels: bool | None = False
     n_classes: int | None = None
     class_names: list[str] | None = None
 
@@ -731,9 +731,11 @@ def _single_image(x: Any, opts: DecodeOptions, layout: Layout | None) -> tuple[n
 
 
 def _split_item(item: Any) -> tuple[Any, Any]:
-    """``(image, label)`` from ``img``, ``(img, label)``, ``(img, label, ...)`` or a dict."""
-    if isinstance(item, tuple | list) and len(item) >= 2 and not _is_pil(item):
+    """``(image, label)`` from ``img``, ``(img,)``, ``(img, label[, ...])`` or a dict."""
+    if isinstance(item, tuple | list) and len(item) >= 2:
         return item[0], item[1]
+    if isinstance(item, tuple | list) and len(item) == 1:  # e.g. a loader over TensorDataset(x)
+        return item[0], None
     if isinstance(item, dict):
         img = next((item[k] for k in ("image", "img", "pixel_values") if k in item), None)
         if img is None:
@@ -860,7 +862,7 @@ class IterableSource(Source):
         self.layout = layout
         self.name = name or type(iterable).__name__
         self.total = total
-        self.has_labels = False
+        self.has_labels: bool | None = None  # decided by the first batch
         self.n_classes = None
         ds = getattr(iterable, "dataset", None)
         classes = getattr(ds, "classes", None)
@@ -1786,11 +1788,11 @@ def _run(
     quiet: bool,
 ) -> PatchStats:
     n_cls = n_classes if n_classes is not None else src.n_classes
-    if labels is True and not src.has_labels:
+    if labels is True and src.has_labels is False:
         raise ValueError(f"labels=True but source {src.name!r} has no labels")
     # None: the source's labels when it has some; an array was attached by open_source.
-    use_labels = labels is not False and src.has_labels
-    if not use_labels:
+    use_labels: bool | None = False if labels is False else src.has_labels
+    if use_labels is False:
         n_cls = None
     if getattr(src, "_ordered", True) is False and checkpoint is not None:
         raise ValueError(
@@ -1837,6 +1839,10 @@ def _run(
             for part in step.parts:
                 if part.images.shape[0] == 0:
                     continue
+                if use_labels is None:  # an iterable: its first batch decides
+                    use_labels = part.labels is not None
+                    if labels is True and not use_labels:
+                        raise ValueError(f"labels=True but source {src.name!r} has no labels")
                 lab = part.labels if use_labels else None
                 if use_labels:
                     if lab is None:

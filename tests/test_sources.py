@@ -681,3 +681,72 @@ def test_argument_errors(tmp_path: Path, png_folder: Path) -> None:
     empty.mkdir()
     with pytest.raises(FileNotFoundError, match="no image files"):
         stream_stats(empty)
+
+
+def test_cifar100_folder_and_name(tmp_path: Path) -> None:
+    x, y = _data.exact_images(120)
+    fine = (y * 10 + np.arange(len(y)) % 10).astype(np.int64)  # 100 classes
+    folder = tmp_path / "cifar-100-python"
+    folder.mkdir()
+    (folder / "train").write_bytes(_data.cifar_batch_bytes(x, fine, batch_label=b"t", fine=True))
+    (folder / "test").write_bytes(
+        _data.cifar_batch_bytes(x[:50], fine[:50], batch_label=b"t", fine=True)
+    )
+    meta = pickle.dumps({"fine_label_names": [f"c{i}" for i in range(100)]}, protocol=2)
+    (folder / "meta").write_bytes(meta)
+    want = firstlayer.patch_stats(x, kernel_size=K, labels=fine)
+    assert stream_stats(folder, kernel_size=K, quiet=True) == want
+    assert stream_stats("cifar100", root=tmp_path, kernel_size=K, quiet=True) == want
+    test = stream_stats("cifar100-test", root=tmp_path, kernel_size=K, quiet=True)
+    assert test == firstlayer.patch_stats(x[:50], kernel_size=K, labels=fine[:50])
+    src = sources.open_source("cifar100", root=tmp_path)
+    assert src.n_classes == 100
+    assert src.class_names is not None
+    assert src.class_names[99] == "c99"
+
+
+def test_shuffled_loader_refuses_checkpoint(tmp_path: Path) -> None:
+    torch = pytest.importorskip("torch")
+    from torch.utils.data import DataLoader, TensorDataset
+
+    x, _ = _data.exact_images(16)
+    loader = DataLoader(TensorDataset(torch.from_numpy(x)), batch_size=4, shuffle=True)
+    with pytest.raises(ValueError, match="shuffle"):
+        stream_stats(loader, checkpoint=tmp_path / "c.npz", quiet=True)
+    assert stream_stats(loader, quiet=True) == firstlayer.patch_stats(x)  # order-free when exact
+
+
+def test_rust_decoder_hook_contract(
+    png_folder: Path, reference: firstlayer.PatchStats, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``firstlayer._core.decode_images``, when built, replaces Pillow with this contract."""
+    from firstlayer import _core
+
+    calls = []
+
+    def decode_images(
+        paths: list[str],
+        *,
+        grayscale: bool,
+        resize: int | tuple[int, int] | None,
+        center_crop: tuple[int, int] | None,
+        threads: int,
+    ) -> list[np.ndarray | str]:
+        calls.append(len(paths))
+        opts = DecodeOptions(grayscale=grayscale, resize=resize, center_crop=center_crop)
+        out: list[np.ndarray | str] = []
+        for p in paths:
+            try:
+                out.append(decode_image(p, opts))
+            except OSError as exc:
+                out.append(str(exc))
+        return out
+
+    if getattr(_core, "decode_images", None) is None:
+        monkeypatch.setattr(_core, "decode_images", decode_images, raising=False)
+        got = stream_stats(png_folder, kernel_size=K, batch_size=100, quiet=True)
+        assert calls == [100, 100, 40]
+    else:  # the real Rust decoder: lossless PNG must decode exactly
+        got = stream_stats(png_folder, kernel_size=K, batch_size=100, decoder="rust", quiet=True)
+    assert got == reference
+    assert stream_stats(png_folder, kernel_size=K, decoder="pillow", quiet=True) == reference

@@ -112,7 +112,7 @@ def write_checkpoint(path: str | os.PathLike[str], state: Checkpoint) -> None:
         "stats_npz": np.frombuffer(_stats_bytes(state.stats, folder), dtype=np.uint8),
     }
     buf = io.BytesIO()
-    np.savez(buf, **arrays)
+    np.savez(buf, **arrays)  # type: ignore[arg-type]
     atomic_write_bytes(target, buf.getvalue())
 
 

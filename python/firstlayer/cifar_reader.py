@@ -80,7 +80,7 @@ class _DtypeStub:
         if dt.kind not in _ALLOWED_DTYPE_KINDS or dt.fields is not None or dt.subdtype is not None:
             raise ValueError(f"dtype {self.code!r} is not a plain numeric dtype")
         if self.byteorder in "<>" and dt.itemsize > 1:
-            dt = dt.newbyteorder(self.byteorder)
+            dt = dt.newbyteorder(self.byteorder)  # type: ignore[arg-type]
         return dt
 
 

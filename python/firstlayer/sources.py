@@ -566,9 +566,8 @@ class FileListSource(Source):
     def steps(self, start: int = 0, batch_size: int = 256) -> Iterator[Step]:
         dec = _make_decoder(self.opts, self.workers, self.decoder)
         try:
-            bounds = [
-                (i, min(i + batch_size, self.total)) for i in range(start, self.total, batch_size)
-            ]
+            n = len(self.files)
+            bounds = [(i, min(i + batch_size, n)) for i in range(start, n, batch_size)]
             pending: deque[tuple[int, int, Callable[[], list[np.ndarray | str]]]] = deque()
             it = iter(bounds)
             for _ in range(2):  # prefetch: the next batch decodes while this one is counted
@@ -764,9 +763,9 @@ def _items_to_parts(
     layouts = set()
     for item in items:
         img, y = _split_item(item)
-        arr, lay = _single_image(img, opts, layout)
+        arr, item_layout = _single_image(img, opts, layout)
         images.append(arr)
-        layouts.add(lay if arr.ndim == 3 else "2d")
+        layouts.add(item_layout if arr.ndim == 3 else "2d")
         if y is None:
             all_labelled = False
         else:
@@ -1367,6 +1366,8 @@ def _decode_options(
             if value <= 0:
                 raise ValueError(f"{arg} must be positive, got {value}")
             return value if allow_int else (value, value)
+        if isinstance(value, bool) or not isinstance(value, Sequence):
+            raise ValueError(f"{arg} must be a positive int or (height, width), got {value!r}")
         vals = tuple(value)
         if len(vals) == 1:
             return size(int(vals[0]), arg, allow_int)
@@ -1428,7 +1429,6 @@ def open_source(
         raise ValueError(f"layout must be 'NCHW', 'NHWC' or None, got {layout!r}")
     opts = _decode_options(resize, center_crop, grayscale)
     explicit = _explicit_labels(labels)
-    file_opts = {"opts": opts, "workers": workers, "decoder": decoder}
     if isinstance(source, Source):
         return source
     if isinstance(source, str | os.PathLike):
@@ -1456,7 +1456,11 @@ def open_source(
                 if explicit is not None:
                     raise ValueError(_NO_EXPLICIT_LABELS.format(text))
                 return image_folder(
-                    p, labels=labels if isinstance(labels, bool) else None, **file_opts
+                    p,
+                    labels=labels if isinstance(labels, bool) else None,
+                    opts=opts,
+                    workers=workers,
+                    decoder=decoder,
                 )
             _refuse_transforms(opts, src, text)
             return src
@@ -1468,7 +1472,9 @@ def open_source(
         elif explicit is not None:
             raise ValueError(_NO_EXPLICIT_LABELS.format(text))
         elif _has_image_ext(suffix):
-            return FileListSource([str(p)], name=str(p), **file_opts)
+            return FileListSource(
+                [str(p)], name=str(p), opts=opts, workers=workers, decoder=decoder
+            )
         else:
             src = cifar_source(p.parent, [p.name], n_classes=10, meta="batches.meta", name=str(p))
         _refuse_transforms(opts, src, text)
@@ -1481,11 +1487,11 @@ def open_source(
         return ArraySource(source, layout=layout, labels=explicit, name="array")
     if explicit is not None:
         raise ValueError(_NO_EXPLICIT_LABELS.format(type(source).__name__))
-    src = _torch_source(
+    torch_src = _torch_source(
         source, opts=opts, layout=layout, on_error=on_error, workers=workers, decoder=decoder
     )
-    if src is not None:
-        return src
+    if torch_src is not None:
+        return torch_src
     if (
         hasattr(source, "__getitem__")
         and hasattr(source, "__len__")
@@ -1872,7 +1878,9 @@ def _run(
                 write_checkpoint(checkpoint, Checkpoint(stats, position, fingerprint, skipped))
                 last_saved = position
     finally:
-        steps.close()
+        close = getattr(steps, "close", None)
+        if close is not None:
+            close()
         progress.close()
     if stats is None:
         detail = f" ({len(skipped)} unreadable, e.g. {skipped[0][0]})" if skipped else ""

@@ -208,6 +208,12 @@ def test_cifar_batches_folder_tarball_and_names(
         tar.add(folder, arcname="cifar-10-batches-py")
     assert stream_stats("cifar10-test", root=tar_root, kernel_size=K, quiet=True) == test
     src = sources.open_source("cifar10", root=tar_root)
+    cut = tmp_path / "cut"
+    cut.mkdir()
+    blob = (tar_root / "cifar-10-python.tar.gz").read_bytes()
+    (cut / "cifar-10-python.tar.gz").write_bytes(blob[: len(blob) // 3])
+    with pytest.raises(ValueError, match="interrupted download"):
+        stream_stats("cifar10", root=cut, quiet=True)
     assert src.class_names is not None
     assert src.class_names[0] == "airplane"
 

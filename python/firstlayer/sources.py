@@ -1105,8 +1105,15 @@ def cifar_source(
             class_names = read_meta(loc / meta)
         identity = ";".join(_file_identity(loc / fn) for fn in files)
     else:
+        try:
+            with tarfile.open(loc, "r:*") as tar:
+                members = {Path(m.name).name: m.name for m in tar.getmembers() if m.isfile()}
+        except (tarfile.TarError, EOFError, OSError) as exc:
+            raise ValueError(
+                f"{loc}: cannot read the archive ({type(exc).__name__}: {exc}); it may be an "
+                "interrupted download: delete it to download again"
+            ) from exc
         with tarfile.open(loc, "r:*") as tar:
-            members = {Path(m.name).name: m.name for m in tar.getmembers() if m.isfile()}
             missing = [fn for fn in files if fn not in members]
             if missing:
                 raise FileNotFoundError(f"{loc}: the archive has no member(s) {missing}")

@@ -46,7 +46,7 @@ def _to_numpy(x: Any, name: str) -> np.ndarray:
             x = x.float()
         x = x.numpy()
     if not isinstance(x, np.ndarray):
-        if isinstance(x, (list, tuple)):
+        if isinstance(x, (list, tuple, int, float, np.number)):
             x = np.asarray(x)
         else:
             msg = f"{name}: expected a numpy array or a torch tensor, got {type(x).__name__}"

@@ -11,24 +11,47 @@ use pyo3::PyErr;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CoreError {
     /// An argument has the wrong shape or size.
-    Shape { arg: &'static str, expected: String, got: String },
+    Shape {
+        arg: &'static str,
+        expected: String,
+        got: String,
+    },
     /// An argument has an unsupported element type.
-    DType { arg: &'static str, expected: String, got: String },
+    DType {
+        arg: &'static str,
+        expected: String,
+        got: String,
+    },
     /// A scalar parameter is out of range.
-    Param { arg: &'static str, expected: String, got: String },
+    Param {
+        arg: &'static str,
+        expected: String,
+        got: String,
+    },
     /// The data itself is invalid (NaN/Inf, labels out of range, ...).
     Value { arg: &'static str, message: String },
 }
 
 impl CoreError {
     pub fn shape(arg: &'static str, expected: impl Into<String>, got: impl Into<String>) -> Self {
-        Self::Shape { arg, expected: expected.into(), got: got.into() }
+        Self::Shape {
+            arg,
+            expected: expected.into(),
+            got: got.into(),
+        }
     }
     pub fn param(arg: &'static str, expected: impl Into<String>, got: impl Into<String>) -> Self {
-        Self::Param { arg, expected: expected.into(), got: got.into() }
+        Self::Param {
+            arg,
+            expected: expected.into(),
+            got: got.into(),
+        }
     }
     pub fn value(arg: &'static str, message: impl Into<String>) -> Self {
-        Self::Value { arg, message: message.into() }
+        Self::Value {
+            arg,
+            message: message.into(),
+        }
     }
 }
 
@@ -41,7 +64,9 @@ impl fmt::Display for CoreError {
             Self::DType { arg, expected, got } => {
                 write!(f, "{arg}: expected dtype {expected}, got {got}")
             }
-            Self::Param { arg, expected, got } => write!(f, "{arg}: expected {expected}, got {got}"),
+            Self::Param { arg, expected, got } => {
+                write!(f, "{arg}: expected {expected}, got {got}")
+            }
             Self::Value { arg, message } => write!(f, "{arg}: {message}"),
         }
     }

@@ -30,7 +30,12 @@ enum Images<'py> {
 fn describe(x: &Bound<'_, PyAny>) -> String {
     match (x.getattr("dtype"), x.getattr("shape")) {
         (Ok(d), Ok(s)) => format!("an array of dtype {d} and shape {s}"),
-        _ => format!("an object of type {}", x.get_type().name().map_or_else(|_| "?".into(), |n| n.to_string())),
+        _ => format!(
+            "an object of type {}",
+            x.get_type()
+                .name()
+                .map_or_else(|_| "?".into(), |n| n.to_string())
+        ),
     }
 }
 
@@ -67,7 +72,9 @@ fn batch(shape: &[usize], layout: &str) -> PyResult<Batch> {
         "NCHW" => Layout::Nchw,
         "NHWC" => Layout::Nhwc,
         other => {
-            return Err(CoreError::param("layout", "'NCHW' or 'NHWC'", format!("{other:?}")).into());
+            return Err(
+                CoreError::param("layout", "'NCHW' or 'NHWC'", format!("{other:?}")).into(),
+            );
         }
     };
     let (n, c, h, w) = match layout {
@@ -88,9 +95,15 @@ fn moments_dict<'py, T: numpy::Element + Copy>(
     d.set_item("count", m.count)?;
     d.set_item("exact", exact)?;
     d.set_item("sum", PyArray1::from_vec(py, m.sum))?;
-    d.set_item("second_moment", PyArray1::from_vec(py, m.second).reshape([p, p])?)?;
+    d.set_item(
+        "second_moment",
+        PyArray1::from_vec(py, m.second).reshape([p, p])?,
+    )?;
     d.set_item("class_counts", PyArray1::from_vec(py, m.class_count))?;
-    d.set_item("class_sums", PyArray1::from_vec(py, m.class_sum).reshape([n_classes, p])?)?;
+    d.set_item(
+        "class_sums",
+        PyArray1::from_vec(py, m.class_sum).reshape([n_classes, p])?,
+    )?;
     Ok(d)
 }
 
@@ -110,17 +123,29 @@ fn patch_moments<'py>(
     n_classes: usize,
     method: &str,
 ) -> PyResult<Bound<'py, PyDict>> {
-    let win = Window { k: kernel_size, stride, pad: padding };
+    let win = Window {
+        k: kernel_size,
+        stride,
+        pad: padding,
+    };
     let method = match method {
         "auto" => Method::auto(kernel_size),
         "direct" => Method::Direct,
         "shifted" => Method::Shifted,
         other => {
-            return Err(CoreError::param("method", "'auto', 'direct' or 'shifted'", format!("{other:?}")).into());
+            return Err(CoreError::param(
+                "method",
+                "'auto', 'direct' or 'shifted'",
+                format!("{other:?}"),
+            )
+            .into());
         }
     };
-    let labels_slice = labels.as_ref().map(|l| contiguous(l, "labels")).transpose()?;
-    fn run<'py, T: Pixel>(
+    let labels_slice = labels
+        .as_ref()
+        .map(|l| contiguous(l, "labels"))
+        .transpose()?;
+    fn run<'py, T: Pixel + numpy::Element>(
         py: Python<'py>,
         a: &PyReadonlyArray4<'py, T>,
         layout: &str,
@@ -128,10 +153,7 @@ fn patch_moments<'py>(
         labels: Option<&[i64]>,
         n_classes: usize,
         method: Method,
-    ) -> PyResult<Moments<<T::Acc as moments::Accum>::Total>>
-    where
-        T: numpy::Element,
-    {
+    ) -> PyResult<Moments<<T::Acc as moments::Accum>::Total>> {
         let b = batch(a.shape(), layout)?;
         let x = contiguous(a, "x")?;
         Ok(py.detach(|| moments::patch_moments(x, b, win, labels, n_classes, method))?)
@@ -154,7 +176,10 @@ fn patch_moments<'py>(
 
 /// 2D DFT over the last two axes of a C-contiguous float64 array of shape `(B, H, W)`.
 #[pyfunction]
-fn dft2<'py>(py: Python<'py>, x: PyReadonlyArray3<'py, f64>) -> PyResult<Bound<'py, numpy::PyArray3<Complex64>>> {
+fn dft2<'py>(
+    py: Python<'py>,
+    x: PyReadonlyArray3<'py, f64>,
+) -> PyResult<Bound<'py, numpy::PyArray3<Complex64>>> {
     let (n, h, w) = (x.shape()[0], x.shape()[1], x.shape()[2]);
     let data = contiguous(&x, "x")?;
     let out = py.detach(|| spectrum::dft2(data, n, h, w))?;

@@ -74,7 +74,7 @@ def as_batch(x: Any, layout: str | None = None, name: str = "x") -> tuple[np.nda
         )
         raise TypeError(msg)
     if arr.ndim == 3:
-        arr = arr[:, None, :, :]
+        arr = arr.reshape(arr.shape[0], 1, *arr.shape[1:])  # a view when contiguous
         layout = "NCHW"
     if arr.ndim != 4:
         msg = (

@@ -55,7 +55,8 @@ def load_npz(path: str | os.PathLike[str], kind: str, version: int) -> dict[str,
         msg = f"path: no such file: {path}"
         raise FileNotFoundError(msg)
     try:
-        with np.load(path, allow_pickle=False) as z:
+        # Open the file ourselves: np.load leaks its handle when the zip is damaged.
+        with open(path, "rb") as fh, np.load(fh, allow_pickle=False) as z:
             data = {k: z[k] for k in z.files}
     except (zipfile.BadZipFile, ValueError, OSError, EOFError) as e:
         msg = f"{path}: not a readable {kind} file (truncated or corrupt: {e})"

@@ -105,8 +105,10 @@ class ImageSpectrum:
     def radial(self, n_bins: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Radial average of the power (all channels summed).
 
-        Returns ``(f, power)``: bin centres in cycles per pixel in ``(0, 0.5]`` and the mean power
-        of the frequencies in each bin (DC excluded, corners beyond Nyquist excluded).
+        Returns ``(f, power)``: the mean radial frequency of each bin, in cycles per pixel in
+        ``(0, 0.5]``, and the mean power of the frequencies in it (DC and the corners beyond
+        Nyquist excluded). Using each bin's mean frequency rather than its centre keeps the
+        ``1/f^alpha`` fit unbiased at low frequencies, where bins hold few, spread-out points.
         """
         h, w = self.shape
         fy, fx = np.meshgrid(np.fft.fftfreq(h), np.fft.fftfreq(w), indexing="ij")
@@ -118,9 +120,9 @@ class ImageSpectrum:
         idx = np.clip(np.digitize(radius[keep], edges) - 1, 0, n_bins - 1)
         sums = np.bincount(idx, weights=total[keep], minlength=n_bins)
         counts = np.bincount(idx, minlength=n_bins)
-        centres = (edges[:-1] + edges[1:]) / 2
+        freqs = np.bincount(idx, weights=radius[keep], minlength=n_bins)
         ok = counts > 0
-        return centres[ok], sums[ok] / counts[ok]
+        return freqs[ok] / counts[ok], sums[ok] / counts[ok]
 
     @property
     def alpha(self) -> float:

@@ -98,24 +98,57 @@ impl Window {
                 format!("{h}x{w}"),
             ));
         }
-        Ok((hp, wp, (hp - self.k) / self.stride + 1, (wp - self.k) / self.stride + 1))
+        Ok((
+            hp,
+            wp,
+            (hp - self.k) / self.stride + 1,
+            (wp - self.k) / self.stride + 1,
+        ))
     }
 }
 
-/// Copies image `idx` of `x` into `out` as `C` planes of `hp x wp` values with a zero border of
-/// `pad` pixels, converting each pixel with `conv`. `conv` may reject a value (NaN, Inf).
+/// Where the planes of one padded image live in a working buffer: `C` planes of `hp` rows of
+/// `row_len` values; pixel `(c, i, j)` (padded coordinates) is at
+/// `(c * hp + i) * row_len + margin + j`. The zero margins on both sides of each row let shifted
+/// rows be read over a fixed, vector-friendly width without bounds juggling.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Planes {
+    pub hp: usize,
+    pub wp: usize,
+    pub margin: usize,
+    pub row_len: usize,
+}
+
+impl Planes {
+    /// Planes of `hp` rows holding `width >= wp` values between margins of `margin` zeros.
+    pub fn new(hp: usize, wp: usize, margin: usize, width: usize) -> Self {
+        Self {
+            hp,
+            wp,
+            margin,
+            row_len: width + 2 * margin,
+        }
+    }
+
+    pub fn offset(&self, c: usize, i: usize, j: usize) -> usize {
+        (c * self.hp + i) * self.row_len + self.margin + j
+    }
+}
+
+/// Copies image `idx` of `x` into `out` laid out as `planes`, with a zero border of `pad`
+/// pixels, converting each pixel with `conv`. `conv` may reject a value (NaN, Inf).
 pub fn to_planar<T: Copy, P: Copy + Default>(
     x: &[T],
     batch: &Batch,
     idx: usize,
     pad: usize,
+    planes: Planes,
     out: &mut Vec<P>,
     conv: impl Fn(T) -> Option<P>,
 ) -> CoreResult<()> {
     let (c, h, w) = (batch.c, batch.h, batch.w);
-    let (hp, wp) = (h + 2 * pad, w + 2 * pad);
     out.clear();
-    out.resize(c * hp * wp, P::default());
+    out.resize(c * planes.hp * planes.row_len, P::default());
     let img = &x[idx * batch.image_len()..(idx + 1) * batch.image_len()];
     let bad = || {
         CoreError::value(
@@ -128,7 +161,7 @@ pub fn to_planar<T: Copy, P: Copy + Default>(
             for ch in 0..c {
                 for i in 0..h {
                     let src = &img[(ch * h + i) * w..(ch * h + i + 1) * w];
-                    let dst = &mut out[(ch * hp + i + pad) * wp + pad..][..w];
+                    let dst = &mut out[planes.offset(ch, i + pad, pad)..][..w];
                     for (d, &s) in dst.iter_mut().zip(src) {
                         *d = conv(s).ok_or_else(bad)?;
                     }
@@ -140,7 +173,7 @@ pub fn to_planar<T: Copy, P: Copy + Default>(
                 for j in 0..w {
                     let src = &img[(i * w + j) * c..(i * w + j + 1) * c];
                     for (ch, &s) in src.iter().enumerate() {
-                        out[(ch * hp + i + pad) * wp + j + pad] = conv(s).ok_or_else(bad)?;
+                        out[planes.offset(ch, i + pad, j + pad)] = conv(s).ok_or_else(bad)?;
                     }
                 }
             }
@@ -158,21 +191,34 @@ mod tests {
         // 1 image, 2 channels, 2x3 pixels; value = 100*c + 10*i + j.
         let (c, h, w) = (2, 2, 3);
         let val = |ch: usize, i: usize, j: usize| (100 * ch + 10 * i + j) as u16;
-        let nchw: Vec<u16> =
-            (0..c).flat_map(|ch| (0..h).flat_map(move |i| (0..w).map(move |j| val(ch, i, j)))).collect();
-        let nhwc: Vec<u16> =
-            (0..h).flat_map(|i| (0..w).flat_map(move |j| (0..c).map(move |ch| val(ch, i, j)))).collect();
+        let nchw: Vec<u16> = (0..c)
+            .flat_map(|ch| (0..h).flat_map(move |i| (0..w).map(move |j| val(ch, i, j))))
+            .collect();
+        let nhwc: Vec<u16> = (0..h)
+            .flat_map(|i| (0..w).flat_map(move |j| (0..c).map(move |ch| val(ch, i, j))))
+            .collect();
         let mut a = Vec::new();
         let mut b = Vec::new();
-        let bn = Batch { n: 1, c, h, w, layout: Layout::Nchw };
-        let bh = Batch { layout: Layout::Nhwc, ..bn };
-        to_planar(&nchw, &bn, 0, 1, &mut a, Some).unwrap();
-        to_planar(&nhwc, &bh, 0, 1, &mut b, Some).unwrap();
+        let bn = Batch {
+            n: 1,
+            c,
+            h,
+            w,
+            layout: Layout::Nchw,
+        };
+        let bh = Batch {
+            layout: Layout::Nhwc,
+            ..bn
+        };
+        let planes = Planes::new(4, 5, 2, 5);
+        to_planar(&nchw, &bn, 0, 1, planes, &mut a, Some).unwrap();
+        to_planar(&nhwc, &bh, 0, 1, planes, &mut b, Some).unwrap();
         assert_eq!(a, b);
-        assert_eq!(a.len(), 2 * 4 * 5);
-        assert_eq!(a[0], 0); // padding
-        assert_eq!(a[5 + 1], val(0, 0, 0));
-        assert_eq!(a[20 + 2 * 5 + 3], val(1, 1, 2));
+        assert_eq!(a.len(), 2 * 4 * 9);
+        assert_eq!(a[planes.offset(0, 0, 0)], 0); // padding
+        assert_eq!(a[planes.offset(0, 1, 1)], val(0, 0, 0));
+        assert_eq!(a[planes.offset(1, 2, 3)], val(1, 1, 2));
+        assert_eq!(a.iter().filter(|&&v| v != 0).count(), 11); // every pixel but (0, 0, 0) = 0
     }
 
     #[test]

@@ -16,7 +16,7 @@
 use std::ops::Range;
 
 use crate::error::{CoreError, CoreResult};
-use crate::kernels::image::{to_planar, Batch, Window};
+use crate::kernels::image::{to_planar, Batch, Planes, Window};
 use crate::kernels::simd;
 use crate::parallel::chunked_reduce;
 
@@ -31,7 +31,9 @@ pub trait Accum: Send + Sync + 'static {
     /// Rows of products a column sum holds without overflow.
     const MAX_ROWS: usize;
     fn mul_add(acc: Self::Col, a: Self::Plane, b: Self::Plane) -> Self::Col;
+    fn mul_sub(acc: Self::Col, a: Self::Plane, b: Self::Plane) -> Self::Col;
     fn plane_add(acc: Self::Col, a: Self::Plane) -> Self::Col;
+    fn plane_sub(acc: Self::Col, a: Self::Plane) -> Self::Col;
     fn widen(c: Self::Col) -> Self::Total;
     fn add(a: Self::Total, b: Self::Total) -> Self::Total;
     fn sub(a: Self::Total, b: Self::Total) -> Self::Total;
@@ -51,9 +53,18 @@ impl Accum for Exact {
         // a, b <= 255, so the u16 product is exact; the u32 sum cannot overflow (MAX_ROWS).
         acc.wrapping_add(u32::from(a.wrapping_mul(b)))
     }
+    // Column sums slide by removing rows added before: wrapping keeps them exact.
+    #[inline(always)]
+    fn mul_sub(acc: u32, a: u16, b: u16) -> u32 {
+        acc.wrapping_sub(u32::from(a.wrapping_mul(b)))
+    }
     #[inline(always)]
     fn plane_add(acc: u32, a: u16) -> u32 {
         acc.wrapping_add(u32::from(a))
+    }
+    #[inline(always)]
+    fn plane_sub(acc: u32, a: u16) -> u32 {
+        acc.wrapping_sub(u32::from(a))
     }
     #[inline(always)]
     fn widen(c: u32) -> u64 {
@@ -84,8 +95,16 @@ impl Accum for Float {
         acc + a * b
     }
     #[inline(always)]
+    fn mul_sub(acc: f64, a: f64, b: f64) -> f64 {
+        acc - a * b
+    }
+    #[inline(always)]
     fn plane_add(acc: f64, a: f64) -> f64 {
         acc + a
+    }
+    #[inline(always)]
+    fn plane_sub(acc: f64, a: f64) -> f64 {
+        acc - a
     }
     #[inline(always)]
     fn widen(c: f64) -> f64 {
@@ -215,15 +234,17 @@ struct Geo {
     s: usize,
     ho: usize,
     wo: usize,
-    wp: usize,
+    /// Columns of every product row: the padded width rounded up to whole vectors.
+    wc: usize,
 }
+
+/// Lanes the product rows are rounded up to (16 `u16` = one AVX2 register).
+const LANES: usize = 16;
 
 /// Reusable buffers of one worker.
 struct Scratch<A: Accum> {
     planes: Vec<A::Plane>,
     col: Vec<A::Col>,
-    hcore: Vec<A::Total>,
-    hedge: Vec<A::Total>,
     table: Vec<A::Total>,
     patch: Vec<A::Plane>,
     upper: Vec<A::Col>,
@@ -234,8 +255,6 @@ impl<A: Accum> Scratch<A> {
         Self {
             planes: Vec::new(),
             col: Vec::new(),
-            hcore: Vec::new(),
-            hedge: Vec::new(),
             table: Vec::new(),
             patch: Vec::new(),
             upper: Vec::new(),
@@ -243,7 +262,7 @@ impl<A: Accum> Scratch<A> {
     }
 }
 
-/// Horizontal window sums of one column-sum vector: `out[aj] = sum_n col[s n + aj]` for every
+/// Horizontal window sums of one column-sum vector: `out[aj] += sum_n col[s n + aj]` for every
 /// `aj` in `aj_range`, by sliding sums along each residue class of `aj` modulo the stride.
 #[inline(always)]
 fn hsums<A: Accum>(col: &[A::Col], g: Geo, aj_range: &Range<usize>, out: &mut [A::Total]) {
@@ -258,53 +277,36 @@ fn hsums<A: Accum>(col: &[A::Col], g: Geo, aj_range: &Range<usize>, out: &mut [A
         for &v in col[first..].iter().step_by(g.s).take(g.wo) {
             acc = A::add(acc, A::widen(v));
         }
-        out[first] = acc;
+        out[first] = A::add(out[first], acc);
         for q in q_lo + 1..q_hi {
             let aj = sigma + g.s * q;
             acc = A::sub(acc, A::widen(col[aj - g.s]));
             acc = A::add(acc, A::widen(col[aj - g.s + g.s * g.wo]));
-            out[aj] = acc;
+            out[aj] = A::add(out[aj], acc);
         }
     }
 }
 
-/// `table[ai * k + aj] = sum_{m < ho, n < wo} R_{s m + ai}[s n + aj]` for `ai` in `ai_range` and
-/// `aj` in `aj_range`, where `fill(r, col)` adds row vector `R_r` into `col`.
+/// `sc.table[ai * k + aj] = sum_{m < ho, n < wo} R_{s m + ai}[s n + aj]` for `ai` in `ai_range`
+/// and `aj` in `aj_range`, where `fill(r, col, subtract)` adds (or subtracts) row vector `R_r`
+/// into `col`.
 ///
-/// Rows used by every `ai` of one residue class are summed once (the "core"); the few rows at
-/// the top and bottom that only some `ai` use are summed separately and added back per `ai`.
+/// The offsets `ai` of one residue class modulo the stride use overlapping runs of rows: the
+/// column sums slide from one `ai` to the next by removing one row and adding one, so each row
+/// product is formed about once per class.
 #[inline(always)]
 fn window_table<A: Accum>(
     g: Geo,
     ai_range: Range<usize>,
     aj_range: Range<usize>,
-    fill: impl Fn(usize, &mut [A::Col]),
+    fill: impl Fn(usize, &mut [A::Col], bool),
     sc: &mut Scratch<A>,
 ) {
     let k = g.k;
-    sc.col.resize(g.wp, A::Col::default());
-    sc.hcore.resize(k, A::Total::default());
     sc.table.clear();
     sc.table.resize(k * k, A::Total::default());
-    // H(sum of R_r for rows r in `rows`), added into `out`.
-    let hrows = |rows: &mut dyn Iterator<Item = usize>,
-                 col: &mut Vec<A::Col>,
-                 tmp: &mut Vec<A::Total>,
-                 out: &mut [A::Total]| {
-        let mut rows = rows.peekable();
-        while rows.peek().is_some() {
-            col.iter_mut().for_each(|c| *c = A::Col::default());
-            for r in rows.by_ref().take(A::MAX_ROWS) {
-                fill(r, col);
-            }
-            tmp.clear();
-            tmp.resize(k, A::Total::default());
-            hsums::<A>(col, g, &aj_range, tmp);
-            for aj in aj_range.clone() {
-                out[aj] = A::add(out[aj], tmp[aj]);
-            }
-        }
-    };
+    sc.col.resize(g.wc, A::Col::default());
+    let col = &mut sc.col;
     for rho in 0..g.s.min(k) {
         // The ai of this residue class are rho + s t for t in [t_lo, t_hi); their rows are
         // rho + s u for u in [t, t + ho).
@@ -314,43 +316,35 @@ fn window_table<A: Accum>(
             continue;
         }
         let row = |u: usize| rho + g.s * u;
-        let mut tmp = std::mem::take(&mut sc.hedge);
-        let mut col = std::mem::take(&mut sc.col);
-        if t_hi - 1 < t_lo + g.ho {
-            let mut hcore = vec![A::Total::default(); k];
-            hrows(&mut (t_hi - 1..t_lo + g.ho).map(row), &mut col, &mut tmp, &mut hcore);
-            // Bottom rows u = t_lo + ho + i are used by every t > t_lo + i; add them cumulatively.
-            let mut bottom = vec![A::Total::default(); k];
-            let mut per_t: Vec<Vec<A::Total>> = Vec::with_capacity(t_hi - t_lo);
+        if g.ho <= A::MAX_ROWS {
+            col.iter_mut().for_each(|c| *c = A::Col::default());
+            for u in t_lo..t_lo + g.ho {
+                fill(row(u), col, false);
+            }
             for t in t_lo..t_hi {
                 if t > t_lo {
-                    hrows(&mut std::iter::once(row(t - 1 + g.ho)), &mut col, &mut tmp, &mut bottom);
-                }
-                per_t.push(bottom.clone());
-            }
-            // Top rows u = t .. t_hi - 2 are used by every t' <= u; add them going down.
-            let mut top = vec![A::Total::default(); k];
-            for t in (t_lo..t_hi).rev() {
-                if t < t_hi - 1 {
-                    hrows(&mut std::iter::once(row(t)), &mut col, &mut tmp, &mut top);
+                    fill(row(t - 1), col, true);
+                    fill(row(t - 1 + g.ho), col, false);
                 }
                 let ai = rho + g.s * t;
-                let bot = &per_t[t - t_lo];
-                for aj in aj_range.clone() {
-                    sc.table[ai * k + aj] = A::add(A::add(hcore[aj], top[aj]), bot[aj]);
-                }
+                hsums::<A>(col, g, &aj_range, &mut sc.table[ai * k..(ai + 1) * k]);
             }
         } else {
-            // Fewer window rows than kernel rows: sum each window directly.
+            // Column sums of more than MAX_ROWS rows would overflow: sum blocks of rows.
             for t in t_lo..t_hi {
                 let ai = rho + g.s * t;
-                let mut out = vec![A::Total::default(); k];
-                hrows(&mut (t..t + g.ho).map(row), &mut col, &mut tmp, &mut out);
-                sc.table[ai * k..(ai + 1) * k].copy_from_slice(&out);
+                let mut start = t;
+                while start < t + g.ho {
+                    let end = (start + A::MAX_ROWS).min(t + g.ho);
+                    col.iter_mut().for_each(|c| *c = A::Col::default());
+                    for u in start..end {
+                        fill(row(u), col, false);
+                    }
+                    hsums::<A>(col, g, &aj_range, &mut sc.table[ai * k..(ai + 1) * k]);
+                    start = end;
+                }
             }
         }
-        sc.hedge = tmp;
-        sc.col = col;
     }
 }
 
@@ -365,27 +359,38 @@ fn offset_range(k: usize, d: isize) -> Range<usize> {
 #[inline(always)]
 fn image_shifted<A: Accum>(
     c: usize,
-    hp: usize,
+    pl: Planes,
     g: Geo,
     sc: &mut Scratch<A>,
     second: &mut [A::Total],
     img_sum: &mut [A::Total],
 ) {
-    let (k, wp) = (g.k, g.wp);
+    let k = g.k;
     let kk = k * k;
     let p = c * kk;
+    let wc = g.wc;
     let planes = std::mem::take(&mut sc.planes);
-    let plane = |ch: usize| &planes[ch * hp * wp..(ch + 1) * hp * wp];
+    // Row r of channel ch, shifted right by dj, over the fixed width wc (margins are zeros).
+    let row_at = |ch: usize, r: usize, dj: isize| {
+        let start = (pl.offset(ch, r, 0) as isize + dj) as usize;
+        &planes[start..start + wc]
+    };
     // First moments.
     for ch in 0..c {
-        let x = plane(ch);
         window_table::<A>(
             g,
             0..k,
             0..k,
-            |r, col| {
-                for (o, &v) in col.iter_mut().zip(&x[r * wp..(r + 1) * wp]) {
-                    *o = A::plane_add(*o, v);
+            |r, col, subtract| {
+                let x = row_at(ch, r, 0);
+                if subtract {
+                    col.iter_mut()
+                        .zip(x)
+                        .for_each(|(o, &v)| *o = A::plane_sub(*o, v));
+                } else {
+                    col.iter_mut()
+                        .zip(x)
+                        .for_each(|(o, &v)| *o = A::plane_add(*o, v));
                 }
             },
             sc,
@@ -396,26 +401,29 @@ fn image_shifted<A: Accum>(
     let kd = k as isize - 1;
     for c1 in 0..c {
         for c2 in c1..c {
-            let (xa, xb) = (plane(c1), plane(c2));
             for di in -kd..=kd {
                 for dj in -kd..=kd {
                     if c1 == c2 && (di < 0 || (di == 0 && dj < 0)) {
                         continue; // the mirror entry is filled by symmetry
                     }
                     let (ai_range, aj_range) = (offset_range(k, di), offset_range(k, dj));
-                    let j_lo = (-dj).max(0) as usize;
-                    let j_hi = (wp as isize - dj).min(wp as isize) as usize;
                     window_table::<A>(
                         g,
                         ai_range.clone(),
                         aj_range.clone(),
-                        |r, col| {
-                            let rb = (r as isize + di) as usize;
-                            let a = &xa[r * wp + j_lo..r * wp + j_hi];
-                            let b_start = (rb * wp + j_lo) as isize + dj;
-                            let b = &xb[b_start as usize..b_start as usize + (j_hi - j_lo)];
-                            for ((o, &u), &v) in col[j_lo..j_hi].iter_mut().zip(a).zip(b) {
-                                *o = A::mul_add(*o, u, v);
+                        |r, col, subtract| {
+                            let a = row_at(c1, r, 0);
+                            let b = row_at(c2, (r as isize + di) as usize, dj);
+                            // Columns where either factor lies in a margin give 0: no bounds
+                            // logic needed, and the loop runs over whole vectors.
+                            if subtract {
+                                for ((o, &u), &v) in col.iter_mut().zip(a).zip(b) {
+                                    *o = A::mul_sub(*o, u, v);
+                                }
+                            } else {
+                                for ((o, &u), &v) in col.iter_mut().zip(a).zip(b) {
+                                    *o = A::mul_add(*o, u, v);
+                                }
                             }
                         },
                         sc,
@@ -444,20 +452,23 @@ fn image_shifted<A: Accum>(
 #[inline(always)]
 fn image_direct<A: Accum>(
     c: usize,
-    hp: usize,
+    pl: Planes,
     g: Geo,
     sc: &mut Scratch<A>,
     second: &mut [A::Total],
     img_sum: &mut [A::Total],
 ) {
-    let (k, s, wp) = (g.k, g.s, g.wp);
+    let (k, s) = (g.k, g.s);
     let p = c * k * k;
     sc.patch.resize(p, A::Plane::default());
     let mut upper = std::mem::take(&mut sc.upper);
     let mut sums = vec![A::Col::default(); p];
     upper.clear();
     upper.resize(p * p, A::Col::default());
-    let flush = |upper: &mut [A::Col], sums: &mut [A::Col], second: &mut [A::Total], img_sum: &mut [A::Total]| {
+    let flush = |upper: &mut [A::Col],
+                 sums: &mut [A::Col],
+                 second: &mut [A::Total],
+                 img_sum: &mut [A::Total]| {
         for r in 0..p {
             for q in r..p {
                 let v = A::widen(upper[r * p + q]);
@@ -477,7 +488,7 @@ fn image_direct<A: Accum>(
             let mut idx = 0;
             for ch in 0..c {
                 for i in 0..k {
-                    let start = (ch * hp + s * m + i) * wp + s * n;
+                    let start = pl.offset(ch, s * m + i, s * n);
                     sc.patch[idx..idx + k].copy_from_slice(&sc.planes[start..start + k]);
                     idx += k;
                 }
@@ -523,7 +534,11 @@ pub fn patch_moments<T: Pixel>(
                 format!("({},)", l.len()),
             ));
         }
-        if let Some((i, &bad)) = l.iter().enumerate().find(|(_, &v)| v < 0 || v as usize >= n_classes) {
+        if let Some((i, &bad)) = l
+            .iter()
+            .enumerate()
+            .find(|(_, &v)| v < 0 || v as usize >= n_classes)
+        {
             return Err(CoreError::value(
                 "labels",
                 format!("expected integers in [0, n_classes={n_classes}), got {bad} at index {i}"),
@@ -531,7 +546,15 @@ pub fn patch_moments<T: Pixel>(
         }
     }
     let n_classes = if labels.is_some() { n_classes } else { 0 };
-    let g = Geo { k: win.k, s: win.stride, ho, wo, wp };
+    let wc = wp.div_ceil(LANES) * LANES;
+    let g = Geo {
+        k: win.k,
+        s: win.stride,
+        ho,
+        wo,
+        wc,
+    };
+    let planes = Planes::new(hp, wp, win.k - 1, wc);
     let per_image = (ho * wo) as u64;
     let partial_bytes = (p * p + p * (n_classes + 1)) * std::mem::size_of::<Tot<T>>();
     chunked_reduce(
@@ -544,14 +567,28 @@ pub fn patch_moments<T: Pixel>(
                 let mut sc = Scratch::<T::Acc>::new();
                 let mut img_sum = vec![Tot::<T>::default(); p];
                 for idx in range {
-                    to_planar(x, &batch, idx, win.pad, &mut sc.planes, T::plane)?;
+                    to_planar(x, &batch, idx, win.pad, planes, &mut sc.planes, T::plane)?;
                     img_sum.iter_mut().for_each(|v| *v = Tot::<T>::default());
                     match method {
                         Method::Shifted => {
-                            image_shifted::<T::Acc>(batch.c, hp, g, &mut sc, &mut part.second, &mut img_sum);
+                            image_shifted::<T::Acc>(
+                                batch.c,
+                                planes,
+                                g,
+                                &mut sc,
+                                &mut part.second,
+                                &mut img_sum,
+                            );
                         }
                         Method::Direct => {
-                            image_direct::<T::Acc>(batch.c, hp, g, &mut sc, &mut part.second, &mut img_sum);
+                            image_direct::<T::Acc>(
+                                batch.c,
+                                planes,
+                                g,
+                                &mut sc,
+                                &mut part.second,
+                                &mut img_sum,
+                            );
                         }
                     }
                     add_into::<T::Acc>(&mut part.sum, &img_sum);
@@ -658,8 +695,18 @@ mod tests {
 
     #[test]
     fn float_path_agrees_with_integers() {
-        let b = Batch { n: 3, c: 2, h: 8, w: 9, layout: Layout::Nchw };
-        let win = Window { k: 3, stride: 1, pad: 1 };
+        let b = Batch {
+            n: 3,
+            c: 2,
+            h: 8,
+            w: 9,
+            layout: Layout::Nchw,
+        };
+        let win = Window {
+            k: 3,
+            stride: 1,
+            pad: 1,
+        };
         let x = data(b.n * b.image_len(), 3);
         let xf: Vec<f32> = x.iter().map(|&v| f32::from(v)).collect();
         let exact = patch_moments(&x, b, win, None, 0, Method::Shifted).unwrap();
@@ -673,12 +720,24 @@ mod tests {
 
     #[test]
     fn labels_split_sums_by_class() {
-        let b = Batch { n: 4, c: 1, h: 5, w: 5, layout: Layout::Nchw };
-        let win = Window { k: 2, stride: 1, pad: 0 };
+        let b = Batch {
+            n: 4,
+            c: 1,
+            h: 5,
+            w: 5,
+            layout: Layout::Nchw,
+        };
+        let win = Window {
+            k: 2,
+            stride: 1,
+            pad: 0,
+        };
         let x = data(b.n * b.image_len(), 11);
         let got = patch_moments(&x, b, win, Some(&[1, 0, 1, 1]), 2, Method::Shifted).unwrap();
         assert_eq!(got.class_count, vec![16, 48]);
-        let total: Vec<u64> = (0..4).map(|i| got.class_sum[i] + got.class_sum[4 + i]).collect();
+        let total: Vec<u64> = (0..4)
+            .map(|i| got.class_sum[i] + got.class_sum[4 + i])
+            .collect();
         assert_eq!(total, got.sum);
         assert!(patch_moments(&x, b, win, Some(&[1, 0, 2, 1]), 2, Method::Shifted).is_err());
         assert!(patch_moments(&x, b, win, Some(&[1, 0]), 2, Method::Shifted).is_err());
@@ -686,19 +745,54 @@ mod tests {
 
     #[test]
     fn non_finite_floats_are_rejected() {
-        let b = Batch { n: 1, c: 1, h: 3, w: 3, layout: Layout::Nchw };
+        let b = Batch {
+            n: 1,
+            c: 1,
+            h: 3,
+            w: 3,
+            layout: Layout::Nchw,
+        };
         let mut x = vec![0.5f64; 9];
         x[4] = f64::NAN;
-        let err = patch_moments(&x, b, Window { k: 2, stride: 1, pad: 0 }, None, 0, Method::Shifted);
+        let err = patch_moments(
+            &x,
+            b,
+            Window {
+                k: 2,
+                stride: 1,
+                pad: 0,
+            },
+            None,
+            0,
+            Method::Shifted,
+        );
         assert!(err.unwrap_err().to_string().contains("NaN"));
     }
 
     #[test]
     fn all_255_totals_are_exact() {
         // Worst case per pixel: every product is 255^2.
-        let b = Batch { n: 20, c: 3, h: 16, w: 16, layout: Layout::Nchw };
+        let b = Batch {
+            n: 20,
+            c: 3,
+            h: 16,
+            w: 16,
+            layout: Layout::Nchw,
+        };
         let x = vec![255u8; b.n * b.image_len()];
-        let got = patch_moments(&x, b, Window { k: 3, stride: 1, pad: 0 }, None, 0, Method::Shifted).unwrap();
+        let got = patch_moments(
+            &x,
+            b,
+            Window {
+                k: 3,
+                stride: 1,
+                pad: 0,
+            },
+            None,
+            0,
+            Method::Shifted,
+        )
+        .unwrap();
         let count = 20 * 14 * 14;
         assert_eq!(got.count, count);
         assert!(got.second.iter().all(|&v| v == count * 65025));

@@ -22,10 +22,19 @@ pub struct Dft2 {
 impl Dft2 {
     pub fn new(h: usize, w: usize) -> CoreResult<Self> {
         if h == 0 || w == 0 {
-            return Err(CoreError::shape("x", "planes of at least 1x1", format!("{h}x{w}")));
+            return Err(CoreError::shape(
+                "x",
+                "planes of at least 1x1",
+                format!("{h}x{w}"),
+            ));
         }
         let mut planner = FftPlanner::new();
-        Ok(Self { h, w, rows: planner.plan_fft_forward(w), cols: planner.plan_fft_forward(h) })
+        Ok(Self {
+            h,
+            w,
+            rows: planner.plan_fft_forward(w),
+            cols: planner.plan_fft_forward(h),
+        })
     }
 
     /// Transforms one row-major plane in place; `tmp` is a work buffer of any size.
@@ -53,13 +62,18 @@ impl Dft2 {
 pub fn dft2(x: &[f64], n: usize, h: usize, w: usize) -> CoreResult<Vec<Complex64>> {
     let plan = Dft2::new(h, w)?;
     if x.len() != n * h * w {
-        return Err(CoreError::shape("x", format!("{n}x{h}x{w} values"), x.len().to_string()));
+        return Err(CoreError::shape(
+            "x",
+            format!("{n}x{h}x{w} values"),
+            x.len().to_string(),
+        ));
     }
     if x.iter().any(|v| !v.is_finite()) {
         return Err(CoreError::value("x", "contains NaN or infinite values"));
     }
     let mut out: Vec<Complex64> = x.iter().map(|&v| Complex64::new(v, 0.0)).collect();
-    out.par_chunks_mut(h * w).for_each_init(Vec::new, |tmp, plane| plan.apply(plane, tmp));
+    out.par_chunks_mut(h * w)
+        .for_each_init(Vec::new, |tmp, plane| plan.apply(plane, tmp));
     Ok(out)
 }
 
@@ -88,7 +102,10 @@ pub fn power_sum<T: Pixel>(x: &[T], batch: Batch) -> CoreResult<Vec<f64>> {
                                 crate::kernels::image::Layout::Nhwc => (i * w + j) * c + ch,
                             };
                             let v = img[off].to_f64().ok_or_else(|| {
-                                CoreError::value("x", format!("image {idx} contains NaN or infinite values"))
+                                CoreError::value(
+                                    "x",
+                                    format!("image {idx} contains NaN or infinite values"),
+                                )
                             })?;
                             plane[i * w + j] = Complex64::new(v, 0.0);
                         }
@@ -117,7 +134,9 @@ mod tests {
             for v in 0..w {
                 for i in 0..h {
                     for j in 0..w {
-                        let ang = -2.0 * std::f64::consts::PI * ((u * i) as f64 / h as f64 + (v * j) as f64 / w as f64);
+                        let ang = -2.0
+                            * std::f64::consts::PI
+                            * ((u * i) as f64 / h as f64 + (v * j) as f64 / w as f64);
                         out[u * w + v] += Complex64::from_polar(x[i * w + j], ang);
                     }
                 }
@@ -129,7 +148,9 @@ mod tests {
     #[test]
     fn dft2_matches_the_definition() {
         for (h, w) in [(1, 1), (3, 3), (4, 7), (7, 5), (11, 11)] {
-            let x: Vec<f64> = (0..2 * h * w).map(|i| ((i * 37 % 17) as f64) - 8.0).collect();
+            let x: Vec<f64> = (0..2 * h * w)
+                .map(|i| ((i * 37 % 17) as f64) - 8.0)
+                .collect();
             let got = dft2(&x, 2, h, w).unwrap();
             for b in 0..2 {
                 let want = naive(&x[b * h * w..(b + 1) * h * w], h, w);
@@ -154,8 +175,28 @@ mod tests {
                 }
             }
         }
-        let a = power_sum(&nchw, Batch { n, c, h, w, layout: Layout::Nchw }).unwrap();
-        let b = power_sum(&nhwc, Batch { n, c, h, w, layout: Layout::Nhwc }).unwrap();
+        let a = power_sum(
+            &nchw,
+            Batch {
+                n,
+                c,
+                h,
+                w,
+                layout: Layout::Nchw,
+            },
+        )
+        .unwrap();
+        let b = power_sum(
+            &nhwc,
+            Batch {
+                n,
+                c,
+                h,
+                w,
+                layout: Layout::Nhwc,
+            },
+        )
+        .unwrap();
         assert_eq!(a, b);
         // Parseval: sum |X|^2 = H W sum x^2.
         let energy: f64 = nchw.iter().map(|&v| f64::from(v).powi(2)).sum();

@@ -274,8 +274,15 @@ fn hsums<A: Accum>(col: &[A::Col], g: Geo, aj_range: &Range<usize>, out: &mut [A
         }
         let first = sigma + g.s * q_lo;
         let mut acc = A::Total::default();
-        for &v in col[first..].iter().step_by(g.s).take(g.wo) {
-            acc = A::add(acc, A::widen(v));
+        if g.s == 1 {
+            // Contiguous: a plain loop the compiler vectorises.
+            for &v in &col[first..first + g.wo] {
+                acc = A::add(acc, A::widen(v));
+            }
+        } else {
+            for &v in col[first..].iter().step_by(g.s).take(g.wo) {
+                acc = A::add(acc, A::widen(v));
+            }
         }
         out[first] = A::add(out[first], acc);
         for q in q_lo + 1..q_hi {

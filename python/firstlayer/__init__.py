@@ -16,8 +16,26 @@ from firstlayer.stats import PCA, PatchStats, patch_stats
 
 # Names served lazily from modules that import torch or are large: name -> module.
 _LAZY = {
+    # modules
     "theory": "firstlayer.theory",
     "sources": "firstlayer.sources",
+    "filters": "firstlayer.filters",
+    "profile": "firstlayer.profile",
+    "whitening": "firstlayer.whitening",
+    # first layers and energy profiles
+    "FirstLayer": "firstlayer.filters",
+    "first_layer": "firstlayer.filters",
+    "energy_profile": "firstlayer.profile",
+    "dft_profile": "firstlayer.profile",
+    "profile_correlation": "firstlayer.profile",
+    "correlation_matrix": "firstlayer.profile",
+    "whitening_filters": "firstlayer.whitening",
+    # datasets
+    "load_sample": "firstlayer.sources",
+    "open_source": "firstlayer.sources",
+    "ImageDecodeError": "firstlayer.sources",
+    "DatasetNotFoundError": "firstlayer.sources",
+    "UnsafePickleError": "firstlayer.cifar_reader",
 }
 
 __all__ = [
@@ -35,7 +53,7 @@ __all__ = [
 def __getattr__(name: str) -> Any:
     if name in _LAZY:
         module = importlib.import_module(_LAZY[name])
-        value = module if _LAZY[name].endswith(name) else getattr(module, name)
+        value = module if _LAZY[name] == f"firstlayer.{name}" else getattr(module, name)
         globals()[name] = value
         return value
     msg = f"module 'firstlayer' has no attribute {name!r}"

@@ -223,36 +223,9 @@ def _layer_from_conv(module: Any, path: str) -> FirstLayer:
     )
 
 
-def _from_module(
-    model: Any, *, name: str | None, example_input: Any, input_size: int
-) -> FirstLayer:
+def _probe(model: Any, convs: dict[Any, str], x: Any) -> tuple[list[tuple[Any, Any]], Any]:
+    """Run ``model(x)`` until the first Conv2d is called; return [(conv, its input)] and x."""
     import torch
-
-    modules = dict(model.named_modules())
-    if name is not None:
-        if name not in modules:
-            close = difflib.get_close_matches(name, list(modules), n=3)
-            msg = f"name: expected a module path of the model, got {name!r} (close: {close})"
-            raise ValueError(msg)
-        if getattr(modules[name], "weight", None) is None:
-            msg = f"name: module {name!r} has no weight ({type(modules[name]).__name__})"
-            raise ValueError(msg)
-        return _layer_from_conv(modules[name], name)
-
-    convs = {m: path for path, m in modules.items() if isinstance(m, torch.nn.Conv2d)}
-    if not convs:
-        msg = (
-            "model: expected a network with a Conv2d (or a ViT conv patch embedding) on its input, "
-            f"found none among its {len(modules)} modules ({type(model).__name__})"
-        )
-        raise ValueError(msg)
-    x = example_input
-    if x is None:
-        params = list(model.parameters())
-        dtype = params[0].dtype if params else torch.float32
-        device = params[0].device if params else torch.device("cpu")
-        in_ch = next(iter(convs)).in_channels
-        x = torch.zeros((1, in_ch, input_size, input_size), dtype=dtype, device=device)
 
     seen: list[tuple[Any, Any]] = []
 
@@ -278,6 +251,50 @@ def _from_module(
         for h in handles:
             h.remove()
         model.train(was_training)
+    return seen, x
+
+
+def _from_module(
+    model: Any, *, name: str | None, example_input: Any, input_size: int
+) -> FirstLayer:
+    import torch
+
+    modules = dict(model.named_modules())
+    if name is not None:
+        if name not in modules:
+            close = difflib.get_close_matches(name, list(modules), n=3)
+            msg = f"name: expected a module path of the model, got {name!r} (close: {close})"
+            raise ValueError(msg)
+        if getattr(modules[name], "weight", None) is None:
+            msg = f"name: module {name!r} has no weight ({type(modules[name]).__name__})"
+            raise ValueError(msg)
+        return _layer_from_conv(modules[name], name)
+
+    convs = {m: path for path, m in modules.items() if isinstance(m, torch.nn.Conv2d)}
+    if not convs:
+        msg = (
+            "model: expected a network with a Conv2d (or a ViT conv patch embedding) on its input, "
+            f"found none among its {len(modules)} modules ({type(model).__name__})"
+        )
+        raise ValueError(msg)
+    if example_input is not None:
+        seen, x = _probe(model, convs, example_input)
+    else:
+        params = list(model.parameters())
+        dtype = params[0].dtype if params else torch.float32
+        device = params[0].device if params else torch.device("cpu")
+        # Image channels are unknown: try 3 (RGB), 1, then the convs' own input widths.
+        widths = dict.fromkeys([3, 1, *(m.in_channels for m in convs)])
+        for ch in widths:
+            x = torch.zeros((1, ch, input_size, input_size), dtype=dtype, device=device)
+            try:
+                seen, x = _probe(model, convs, x)
+            except ValueError:
+                if ch == list(widths)[-1]:
+                    raise
+                continue
+            if seen and seen[0][1] is not None and seen[0][1].shape[1] == seen[0][0].in_channels:
+                break
     if not seen:
         msg = (
             f"model: no convolution was applied during the forward pass of {type(model).__name__} "
@@ -294,6 +311,12 @@ def _from_module(
             f"model: no convolution is applied to the input: the first one called, {path!r}, "
             f"receives shape {got} while the input has shape {tuple(x.shape)}; pass name= "
             "to pick a layer anyway"
+        )
+        raise ValueError(msg)
+    if inp.shape[1] != module.in_channels:
+        msg = (
+            f"model: the first convolution {path!r} expects {module.in_channels} input channels, "
+            f"the example input has {inp.shape[1]}; pass example_input= with the right shape"
         )
         raise ValueError(msg)
     return _layer_from_conv(module, path)

@@ -42,6 +42,20 @@ _CHECKPOINT_SUFFIXES = (".pth", ".pt", ".ckpt", ".bin", ".npz", ".npy", ".safete
 _RUN_FINAL = "first_layer_final.npy"
 _RUN_INIT = "first_layer_init.npy"
 _RUN_CONFIG = "config.json"
+_RUN_RESULT = "result.json"
+_RUN_META = (
+    "arch",
+    "dataset",
+    "labels",
+    "corrupt",
+    "label_seed",
+    "epochs",
+    "seed",
+    "lr",
+    "batch_size",
+    "width",
+    "freeze_first",
+)
 
 
 @dataclass(frozen=True)
@@ -126,7 +140,7 @@ def _normalization_from_config(config: dict[str, Any]) -> Normalization | None:
     """The normalisation a run recorded, under any of the usual keys."""
     for key in ("normalize", "normalization", "input_normalization"):
         value = config.get(key)
-        if isinstance(value, str):
+        if isinstance(value, str):  # a preset name
             try:
                 return parse_normalization(value)
             except ValueError:
@@ -138,9 +152,9 @@ def _normalization_from_config(config: dict[str, Any]) -> Normalization | None:
                 tuple(float(v) for v in np.atleast_1d(value["std"])),
                 float(value.get("scale", 1 / 255)),
             )
-    if "mean" in config and "std" in config:
+    if config.get("mean") is not None and config.get("std") is not None:
         return Normalization(
-            "custom",
+            "run",
             tuple(float(v) for v in np.atleast_1d(config["mean"])),
             tuple(float(v) for v in np.atleast_1d(config["std"])),
         )
@@ -239,19 +253,36 @@ def _from_run(path: Path, spec: str) -> ModelInput:
             msg = f"{init_path}: shape {init.shape} differs from the final weights {weight.shape}"
             raise ValueError(msg)
         files[str(init_path)] = file_sha256(init_path)
-    meta = {
-        k: config[k]
-        for k in ("arch", "dataset", "labels", "epochs", "seed", "lr", "batch_size", "optimizer")
-        if k in config and isinstance(config[k], str | int | float | bool | type(None))
+    # firstlayer.train writes {"options": {...}, "derived": {...}}; accept flat files too.
+    options = config.get("options", config) if isinstance(config.get("options"), dict) else config
+    derived = config.get("derived", {}) if isinstance(config.get("derived"), dict) else {}
+    meta: dict[str, Any] = {
+        k: options[k]
+        for k in _RUN_META
+        if k in options and isinstance(options[k], str | int | float | bool | type(None))
     }
+    result = path / _RUN_RESULT
+    meta["complete"] = result.is_file()
+    if result.is_file():
+        try:
+            final = json.loads(result.read_text()).get("final", {})
+        except (json.JSONDecodeError, AttributeError):
+            final = {}
+        for k in ("train_acc", "test_acc", "train_loss", "test_loss"):
+            if isinstance(final.get(k), int | float):
+                meta[k] = final[k]
+        files[str(result)] = file_sha256(result)
+    layer = derived.get("first_layer", {})
+    layer_name = layer.get("module") if isinstance(layer, dict) else None
+    norm = _normalization_from_config(derived) or _normalization_from_config(options)
     return ModelInput(
         name=path.resolve().name,
         spec=spec,
         kind="run",
         weight=weight,
         init=init,
-        layer=str(config.get("first_layer", "first layer")),
-        normalization=_normalization_from_config(config),
+        layer=str(layer_name or "first layer"),
+        normalization=norm,
         meta=meta,
         files=files,
     )

@@ -29,7 +29,10 @@ _LAZY = {
     "dft_profile": "firstlayer.profile",
     "profile_correlation": "firstlayer.profile",
     "correlation_matrix": "firstlayer.profile",
+    "DFTProfile": "firstlayer.profile",
+    "radial_average": "firstlayer.profile",
     "whitening_filters": "firstlayer.whitening",
+    "init_first_layer": "firstlayer.whitening",
     # datasets
     "load_sample": "firstlayer.sources",
     "open_source": "firstlayer.sources",

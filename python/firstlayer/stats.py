@@ -237,6 +237,7 @@ class PatchStats:
         self.count += int(count)
         self.n_images += int(n_images)
         self.__dict__.pop("covariance", None)
+        self.__dict__.pop("_pca", None)
 
     def merge(self, other: PatchStats) -> PatchStats:
         """Statistics of the union of both datasets (a new object); same as ``self + other``."""
@@ -344,13 +345,19 @@ class PatchStats:
         return cov
 
     def pca(self) -> PCA:
-        """Eigen-decomposition of the covariance, eigenvalues descending."""
+        """Eigen-decomposition of the covariance, eigenvalues descending (computed once)."""
+        return self._pca
+
+    @cached_property
+    def _pca(self) -> PCA:
         values, vectors = np.linalg.eigh(self.covariance)
         order = np.argsort(values)[::-1]
         values = np.clip(values[order], 0.0, None)
         vectors = vectors[:, order]
         flip = vectors[np.abs(vectors).argmax(axis=0), np.arange(vectors.shape[1])] < 0
         vectors[:, flip] *= -1
+        values.flags.writeable = False
+        vectors.flags.writeable = False
         return PCA(eigenvalues=values, components=vectors)
 
     def zca(self, eps: float = 1e-5) -> np.ndarray:

@@ -643,7 +643,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         command=["firstlayer", *args.argv],
         echo=not args.json,
     )
-    _emit(args, f"report: {result['index']}", result)
+    if args.json:  # otherwise the demo has already told its story on stdout
+        _emit(args, "", result)
     return 0
 
 

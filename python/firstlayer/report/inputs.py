@@ -407,7 +407,7 @@ def resolve_models(specs: list[str], names: list[str] | None = None) -> list[Mod
         If ``names`` does not have one entry per input.
     """
     if names is not None and len(names) != len(specs):
-        msg = f"names: expected {len(specs)} names, one per input, got {len(names)}"
+        msg = f"names: expected one display name per input ({len(specs)}), got {len(names)}"
         raise ValueError(msg)
     models = [resolve_model(s) for s in specs]
     out: list[ModelInput] = []

@@ -238,6 +238,7 @@ def _device(cfg: TrainConfig, d_local: int) -> torch.device:
         msg = "device: expected a visible CUDA device with device='cuda', found none"
         raise ValueError(msg)
     if cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available()):
+        torch.cuda.set_device(d_local)
         return torch.device("cuda", d_local)
     return torch.device("cpu")
 
@@ -430,7 +431,6 @@ def _run(cfg: TrainConfig, d: _Dist, t_start: float) -> TrainResult:
         "n_test": 0 if test_set is None else len(test_set.images),
         "image_shape": [c, h, w],
         "n_classes": n_classes,
-        "class_names": None,
         "mean": mean,
         "std": std,
         "label_seed": label_seed,

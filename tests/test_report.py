@@ -556,3 +556,46 @@ def test_browser_check_catches_broken_images_and_console_errors(
     images, logs = open_page(browser, bad)
     assert sum(i[3] != "ok" for i in images) == 1
     assert any("oops" in entry["message"] and entry["level"] == "SEVERE" for entry in logs)
+
+
+# --------------------------------------------------------------------------------------------
+# The demo (quick mode): its runs and its report
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    import contextlib
+    import io
+
+    from firstlayer.cli import main
+
+    pytest.importorskip("torch")
+    out = tmp_path_factory.mktemp("demo") / "demo"
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        code = main(["demo", "--quick", "--out", str(out), "--quiet", "--threads", "2"])
+    return {"code": code, "stdout": buf.getvalue(), "out": out}
+
+
+def test_demo_quick(demo: dict[str, Any]) -> None:
+    assert demo["code"] == 0
+    folder = demo["out"] / "report"
+    index = (folder / "index.html").resolve()
+    assert f"report: {index}" in demo["stdout"]
+    assert "patch statistics" in demo["stdout"] and "theory fit" in demo["stdout"]
+    data = json.loads((folder / "report.json").read_text())
+    assert [m["name"] for m in data["models"]] == ["true labels", "random labels"]
+    assert [m["meta"]["labels"] for m in data["models"]] == ["true", "random"]
+    assert all(m["init_known"] and "t" in m["fit"] for m in data["models"])
+    runs = [demo["out"] / "runs" / lab for lab in ("true", "random")]
+    # Same seed, same initialisation: the runs differ only in their labels.
+    np.testing.assert_array_equal(*(np.load(r / "first_layer_init.npy") for r in runs))
+    assert data["groups"][0]["labels"] is not None  # the sample has labels: the check ran
+    assert data["command"] == ["firstlayer", "demo", "--quick", "--out", str(demo["out"]),
+                               "--quiet", "--threads", "2"]  # fmt: skip
+
+
+def test_demo_report_in_headless_chromium(demo: dict[str, Any], browser: Any) -> None:
+    assert demo["code"] == 0
+    check_report_page(browser, demo["out"] / "report", "report_demo.png")

@@ -349,6 +349,12 @@ def _patch_spectrum(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------------------------
 
 
+def _check_data_args(args: argparse.Namespace) -> None:
+    """Usage errors of the data options, found before any work is done."""
+    if args.stats and _dataset_of(args, default=None):
+        raise UsageError("give either --stats or --dataset, not both")
+
+
 def _provider(args: argparse.Namespace, runs_dataset: str | None = None) -> Any:
     from firstlayer.report.build import dataset_description
     from firstlayer.report.compute import StatsProvider
@@ -435,6 +441,7 @@ def _load_model(args: argparse.Namespace) -> Any:
 
 
 def _cmd_profile(args: argparse.Namespace) -> int:
+    _check_data_args(args)
     model = _load_model(args)
     profile, stats, info = _profile_for(args, model)
     payload = {**info, "profile": profile}
@@ -477,6 +484,7 @@ def _write_profile(out: str, payload: dict[str, Any]) -> None:
 
 
 def _cmd_fit(args: argparse.Namespace) -> int:
+    _check_data_args(args)
     from firstlayer.theory import fit
 
     path = Path(args.model)
@@ -531,6 +539,7 @@ def _cmd_fit(args: argparse.Namespace) -> int:
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:
+    _check_data_args(args)
     from firstlayer.report import build_report, parse_normalization, resolve_models
 
     say = _say(args)

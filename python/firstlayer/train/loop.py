@@ -213,7 +213,110 @@ def whitening_filters(
 
 
 def train(**kwargs: Any) -> TrainResult:
-    """Train a network and record its first layer (see :mod:`firstlayer.train`)."""
+    """Train a network and record its first layer in a run directory.
+
+    All options are keyword arguments (the fields of :class:`TrainConfig`); ``firstlayer train``
+    takes the same ones as ``--options``. Every option is checked before any data is read.
+
+    Parameters
+    ----------
+    out : str or path-like
+        Run directory (see :mod:`firstlayer.train.runs` for its files). Required.
+    arch : str
+        ``small_cnn`` (default), ``linear_cnn``, ``vgg11_bn``, ``vgg13_bn``, ``vgg16_bn``,
+        ``resnet20``, ``resnet32``, ``resnet56``, ``resnet18`` (CIFAR-style), or
+        ``"torchvision:<name>"``.
+    dataset : str, path or object
+        Anything :func:`firstlayer.sources.open_source` reads: ``"sample"`` (default),
+        ``"cifar10"``, ``"cifar100"``, ``"mnist"``, a folder, a ``.npy``/``.npz`` file, a torch
+        dataset. Images must share one size.
+    subset, test_subset : int, optional
+        Use the first N training / held-out images.
+    test_dataset : str, path or None
+        Held-out set for test loss and accuracy (true labels). ``"auto"``: the dataset's test
+        split (``cifar10`` -> ``cifar10-test``; ``sample`` -> ``sample-train``); ``"none"``.
+    root, download
+        Where named datasets are found, and whether to download missing ones.
+    labels : {"true", "random", "uniform"}
+        ``random``: a fixed permutation of the labels (the paper's); ``uniform``: uniform draws.
+    corrupt : float
+        Fraction of examples whose label is randomised (default 1.0 = all).
+    label_seed : int, optional
+        Seed of the random labels (default: ``seed``). The labels are stored in the run.
+    seed : int
+        Seed of the initialisation, batch order and augmentation.
+    width : float
+        Channel-width multiplier; ``first_width`` sets the number of first-layer filters alone.
+    first_width, kernel_size : int, optional
+        First-layer filters and kernel size (firstlayer's architectures).
+    freeze_first : {"none", "random", "whitening"}
+        Freeze the first layer at its random initialisation or at ZCA whitening filters of the
+        normalised training patches (``whitening_eps`` added to the eigenvalues).
+    whitening_eps : float
+    epochs, batch_size, lr : int, int, float
+        Defaults 1, 256 and 0.01 (the paper's code: plain SGD, no momentum or weight decay).
+    momentum, nesterov, weight_decay
+        SGD options.
+    schedule : {"constant", "cosine", "step"}
+        ``step`` multiplies the rate by ``gamma`` at each epoch in ``milestones``.
+    milestones, gamma
+    augment : bool
+        Random crop (padding 4) and horizontal flip, drawn on the device.
+    loss : {"cross_entropy", "mse"}
+        ``mse`` on one-hot targets (the theory's loss).
+    mean, std : sequence of float, optional
+        Input normalisation ``(x/255 - mean)/std``; default: the training images' exact
+        per-channel values (stored in ``config.json``).
+    drop_last : bool
+        Drop the last incomplete batch (default, as the paper's loader).
+    snapshots : int or sequence of int
+        A count of log-spaced steps (default 16, step 0 included) or the steps at which the
+        first layer is saved.
+    checkpoint_every : int
+        Steps between checkpoints; 0 (default): at the end of every epoch.
+    eval_batch_size : int
+    device : {"auto", "cpu", "cuda"}
+    amp : {"none", "bf16"}
+        bf16 autocast (CUDA and CPU).
+    channels_last : bool
+        Channels-last memory format (default; faster on CPU and GPU).
+    data_on_device : {"auto", True, False}
+        Keep the whole uint8 dataset on the device (``auto``: when it takes under half of the
+        free GPU memory).
+    threads : int, optional
+        CPU threads for this run.
+    deterministic : bool
+        Deterministic algorithms (default): a resumed CPU run is bit-identical.
+    resume, overwrite : bool
+        Continue the run in ``out`` (options must match), or delete it first.
+    quiet, log_json : bool
+        Print nothing, or one JSON record per epoch instead of a progress line.
+
+    Returns
+    -------
+    TrainResult
+
+    Raises
+    ------
+    TypeError, ValueError
+        A bad option, naming it, what was expected and what came.
+    FileExistsError
+        ``out`` holds a run and neither ``resume`` nor ``overwrite`` was given.
+    firstlayer.sources.DatasetNotFoundError
+        A named dataset is nowhere to be found.
+
+    Notes
+    -----
+    Under ``torchrun`` the processes share each global batch (``batch_size`` must be a
+    multiple of the number of processes) and rank 0 writes the run directory.
+
+    Examples
+    --------
+    >>> res = train(out="runs/r", dataset="sample", labels="random", batch_size=64,
+    ...             quiet=True)  # doctest: +SKIP
+    >>> res.first_layer_final.shape  # doctest: +SKIP
+    (32, 3, 3, 3)
+    """
     unknown = sorted(set(kwargs) - set(TrainConfig.names()))
     if unknown:
         import difflib
@@ -414,7 +517,7 @@ def _run(cfg: TrainConfig, d: _Dist, t_start: float) -> TrainResult:
     init_first = conv1.weight.detach().cpu().numpy().astype(np.float32)
 
     memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
-    model = model.to(device=device, memory_format=memory_format)
+    model = model.to(device).to(memory_format=memory_format)
     net: nn.Module = model
     if d.world > 1:
         net = nn.parallel.DistributedDataParallel(

@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from torch import nn
+import torch
+from torch import nn
+from torch.nn import Module
 
 __all__ = ["ARCHITECTURES", "TORCHVISION_PREFIX", "build_model", "first_conv", "known_arch"]
 
@@ -47,15 +48,7 @@ def _scaled(channels: int, width: float) -> int:
     return max(1, round(channels * width))
 
 
-def _torch() -> tuple[Any, Any]:
-    import torch
-    from torch import nn
-
-    return torch, nn
-
-
-def _small_cnn(c_in: int, n_out: int, width: float, first: int | None, k: int) -> nn.Module:
-    _, nn = _torch()
+def _small_cnn(c_in: int, n_out: int, width: float, first: int | None, k: int) -> Module:
     f1 = first if first is not None else _scaled(32, width)
     c2, c3 = _scaled(64, width), _scaled(128, width)
 
@@ -87,8 +80,7 @@ def _small_cnn(c_in: int, n_out: int, width: float, first: int | None, k: int) -
     return SmallCNN()
 
 
-def _linear_cnn(c_in: int, n_out: int, width: float, first: int | None, k: int) -> nn.Module:
-    _, nn = _torch()
+def _linear_cnn(c_in: int, n_out: int, width: float, first: int | None, k: int) -> Module:
     f1 = first if first is not None else _scaled(64, width)
 
     class LinearCNN(nn.Module):
@@ -106,8 +98,7 @@ def _linear_cnn(c_in: int, n_out: int, width: float, first: int | None, k: int) 
     return LinearCNN()
 
 
-def _vgg(name: str, c_in: int, n_out: int, width: float, first: int | None, k: int) -> nn.Module:
-    _, nn = _torch()
+def _vgg(name: str, c_in: int, n_out: int, width: float, first: int | None, k: int) -> Module:
     layers: list[Any] = []
     prev = c_in
     for i, v in enumerate(_VGG_CFG[name]):
@@ -146,9 +137,8 @@ def _resnet(
     width: float,
     first: int | None,
     k: int,
-) -> nn.Module:
+) -> Module:
     """ResNet with basic blocks; ``stages`` lists ``(channels, blocks, stride)``."""
-    _, nn = _torch()
 
     class Block(nn.Module):
         def __init__(self, cin: int, cout: int, stride: int) -> None:
@@ -195,20 +185,20 @@ def _resnet(
     return ResNet()
 
 
-def _cifar_resnet(n: int) -> Callable[..., nn.Module]:
-    def build(c_in: int, n_out: int, width: float, first: int | None, k: int) -> nn.Module:
+def _cifar_resnet(n: int) -> Callable[..., Module]:
+    def build(c_in: int, n_out: int, width: float, first: int | None, k: int) -> Module:
         stages = [(16, n, 1), (32, n, 2), (64, n, 2)]
         return _resnet(stages, 16, c_in, n_out, width, first, k)
 
     return build
 
 
-def _resnet18(c_in: int, n_out: int, width: float, first: int | None, k: int) -> nn.Module:
+def _resnet18(c_in: int, n_out: int, width: float, first: int | None, k: int) -> Module:
     stages = [(64, 2, 1), (128, 2, 2), (256, 2, 2), (512, 2, 2)]
     return _resnet(stages, 64, c_in, n_out, width, first, k)
 
 
-_BUILDERS: dict[str, Callable[..., nn.Module]] = {
+_BUILDERS: dict[str, Callable[..., Module]] = {
     "small_cnn": _small_cnn,
     "linear_cnn": _linear_cnn,
     "resnet20": _cifar_resnet(3),
@@ -221,7 +211,7 @@ for _name in _VGG_CFG:
 
 
 def _torchvision_names() -> list[str]:
-    import torchvision.models as tvm
+    import torchvision.models as tvm  # type: ignore[import-untyped]
 
     return sorted(tvm.list_models(module=tvm))
 
@@ -279,7 +269,7 @@ def build_model(
     width: float = 1.0,
     first_width: int | None = None,
     kernel_size: int | None = None,
-) -> nn.Module:
+) -> Module:
     """Build an untrained network (parameters drawn from torch's current RNG state).
 
     Parameters
@@ -317,13 +307,13 @@ def build_model(
                 f"{in_channels}"
             )
             raise ValueError(msg)
-        import torchvision.models as tvm
+        import torchvision.models as tvm  # type: ignore[import-untyped]
 
         return tvm.get_model(key[len(TORCHVISION_PREFIX) :], weights=None, num_classes=num_classes)
     return _BUILDERS[key](in_channels, num_classes, width, first_width, kernel_size or 3)
 
 
-def first_conv(model: nn.Module, input_shape: tuple[int, int, int]) -> Any:
+def first_conv(model: Module, input_shape: tuple[int, int, int]) -> Any:
     """The ``Conv2d`` applied to the input: the first one called in a forward pass.
 
     Parameters
@@ -336,7 +326,6 @@ def first_conv(model: nn.Module, input_shape: tuple[int, int, int]) -> Any:
     -------
     torch.nn.Conv2d
     """
-    torch, nn = _torch()
     found: list[Any] = []
 
     class _Stop(Exception):

@@ -428,6 +428,13 @@ def test_cli_options_match_the_keyword_arguments(tmp_path: Path) -> None:
     ]
 
 
+def test_package_is_callable_as_train(tmp_path: Path) -> None:
+    import firstlayer.train as ft
+
+    res = ft(out=tmp_path / "c", **{**TINY, "epochs": 1, "subset": 32, "test_dataset": "none"})
+    assert res.config["options"]["epochs"] == 1
+
+
 def test_progress_lines_and_json_log(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     kw = {**TINY, "epochs": 2, "subset": 32, "test_dataset": "none", "quiet": False}
     train(out=tmp_path / "a", **kw)

@@ -22,6 +22,10 @@ Examples
 
 from __future__ import annotations
 
+import sys
+import types
+from typing import Any
+
 from .cli import add_train_arguments, train_from_args
 from .config import TrainConfig
 from .data import LABEL_MODES, load_dataset, make_labels
@@ -44,3 +48,14 @@ __all__ = [
     "train_from_args",
     "whitening_filters",
 ]
+
+
+class _CallableModule(types.ModuleType):
+    """Lets ``firstlayer.train(...)`` call :func:`train` although ``firstlayer.train`` is this
+    package (a submodule attribute always wins over a function of the same name)."""
+
+    def __call__(self, **kwargs: Any) -> TrainResult:
+        return train(**kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule

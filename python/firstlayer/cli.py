@@ -24,7 +24,7 @@ import time
 import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -76,7 +76,7 @@ def _emit(args: argparse.Namespace, text: str, payload: dict[str, Any]) -> None:
 
 
 def _say(args: argparse.Namespace) -> Callable[[str], None]:
-    """A progress printer on stderr, silent with ``--quiet``."""
+    """Return a progress printer on stderr, silent with ``--quiet``."""
     start = time.monotonic()
 
     def say(msg: str) -> None:
@@ -125,13 +125,14 @@ def _data_options(p: argparse.ArgumentParser, *, stats: bool, positional: bool) 
             metavar="SOURCE",
             help="dataset name or path (same as --dataset; default: sample)",
         )
+    default = "the dataset the input runs were trained on, else sample" if stats else "sample"
     g.add_argument(
         "--dataset",
         "--data",
         dest="dataset",
         metavar="D",
         help="dataset name (sample, cifar10, cifar10-test, mnist, ...) or path (image folder, "
-        "CIFAR batches, .npy/.npz)",
+        f"CIFAR batches, .npy/.npz); default: {default}",
     )
     g.add_argument(
         "--data-root", metavar="DIR", help="folder of named datasets (default $FIRSTLAYER_DATA)"
@@ -219,7 +220,8 @@ def _cmd_stats(args: argparse.Namespace) -> int:
     dataset = _dataset_of(args)
     norm = parse_normalization(args.normalize) if args.normalize else None
     if args.normalize and norm is None:
-        raise UsageError("--normalize auto needs a network; name the normalisation")
+        msg = "--normalize auto needs a network; name the normalisation"
+        raise UsageError(msg)
     options = _stream_options(args)
     if args.checkpoint:
         options["checkpoint"] = args.checkpoint
@@ -264,7 +266,8 @@ def _cmd_stats(args: argparse.Namespace) -> int:
 def _cmd_spectrum(args: argparse.Namespace) -> int:
     if args.stats:
         if getattr(args, "source", None) or args.dataset:
-            raise UsageError("give either --stats or a dataset, not both")
+            msg = "give either --stats or a dataset, not both"
+            raise UsageError(msg)
         return _patch_spectrum(args)
     from firstlayer import sources
     from firstlayer.spectrum import ImageSpectrum
@@ -350,9 +353,10 @@ def _patch_spectrum(args: argparse.Namespace) -> int:
 
 
 def _check_data_args(args: argparse.Namespace) -> None:
-    """Usage errors of the data options, found before any work is done."""
+    """Raise the usage errors of the data options before any work is done."""
     if args.stats and _dataset_of(args, default=None):
-        raise UsageError("give either --stats or --dataset, not both")
+        msg = "give either --stats or --dataset, not both"
+        raise UsageError(msg)
 
 
 def _provider(args: argparse.Namespace, runs_dataset: str | None = None) -> Any:
@@ -363,7 +367,8 @@ def _provider(args: argparse.Namespace, runs_dataset: str | None = None) -> Any:
 
     dataset = _dataset_of(args, default=None)
     if args.stats and dataset:
-        raise UsageError("give either --stats or --dataset, not both")
+        msg = "give either --stats or --dataset, not both"
+        raise UsageError(msg)
     if args.stats:
         stats = PatchStats.load(args.stats)
         desc = {
@@ -382,7 +387,7 @@ def _provider(args: argparse.Namespace, runs_dataset: str | None = None) -> Any:
 
 
 def _runs_dataset(models: list[Any]) -> str | None:
-    """The dataset every run input was trained on, when they agree."""
+    """Return the dataset every run input was trained on, when they agree."""
     names = {m.meta.get("dataset") for m in models if m.kind == "run"}
     names.discard(None)
     if len(names) == 1:
@@ -402,7 +407,7 @@ def _profile_for(args: argparse.Namespace, model: Any) -> tuple[np.ndarray, Any,
     norm = _normalization_of(model, parse_normalization(args.normalize), raw)
     stats = group_stats(raw, norm)
     init = None if getattr(args, "no_init", False) else model.init
-    basis = getattr(args, "basis", "pca")
+    basis: Literal["pca", "dft"] = "dft" if getattr(args, "basis", "pca") == "dft" else "pca"
     profile = energy_profile(model.weight, stats, basis=basis, init=init)
     info = {
         "model": model.name,
@@ -675,7 +680,7 @@ def _cmd_info(args: argparse.Namespace) -> int:
         "sha256": file_sha256(sample) if sample.is_file() else None,
     }
     info["data_roots"] = [str(p) for p in sources.data_roots(args.data_root)]
-    found = {}
+    found: dict[str, int | None] = {}
     for name in sources.DATASET_NAMES:
         try:
             src = sources.open_source(name, root=args.data_root, download=False)
@@ -732,7 +737,7 @@ def _sub(
 
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
-    """The ``firstlayer`` argument parser.
+    """Build the ``firstlayer`` argument parser.
 
     Parameters
     ----------
@@ -938,7 +943,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.handler(args) or 0)
     except UsageError as exc:
-        sub = parser._subparsers._group_actions[0].choices[args.command]  # type: ignore[union-attr]
+        sub = parser._subparsers._group_actions[0].choices[args.command]  # type: ignore[union-attr,index]
         sub.print_usage(sys.stderr)
         print(f"firstlayer {args.command}: error: {exc}", file=sys.stderr)
         return 2

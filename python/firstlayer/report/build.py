@@ -135,11 +135,11 @@ def _figures(
             )
     for m in report["models"]:
         say(f"plots of {m['name']}")
-        ms = _slug(m["name"])
+        stem = _slug(m["name"])
         if "t" in m["fit"]:
             add(
                 "fit",
-                f"fit_{ms}",
+                f"fit_{stem}",
                 f"Theory fit, {m['name']}",
                 "The profile and the linear-CNN formula at the fitted t: models[].fit.",
                 plots.fit_figure(m),
@@ -148,7 +148,7 @@ def _figures(
         if m.get("init"):
             add(
                 "init",
-                f"init_{ms}",
+                f"init_{stem}",
                 f"{m['name']} against its initialisation",
                 "Profiles of the change from init, of the raw final weights and of the init: "
                 "models[].profile and models[].init.",
@@ -157,7 +157,7 @@ def _figures(
             )
         add(
             "dft",
-            f"dft_{ms}",
+            f"dft_{stem}",
             f"DFT energy, {m['name']}",
             "Filter energy per spatial frequency: models[].dft.",
             plots.dft_figure(m),
@@ -166,7 +166,7 @@ def _figures(
         mi = inputs[m["name"]]
         add(
             "filters",
-            f"filters_{ms}",
+            f"filters_{stem}",
             f"Filters, {m['name']}",
             "Each filter scaled to its own maximum, grey = 0.",
             plots.filters_figure(m["name"], mi.weight, mi.init),
@@ -338,7 +338,8 @@ def dataset_description(dataset: str, **options: Any) -> dict[str, Any]:
     dataset : str
         A dataset name or path, as for :func:`firstlayer.patch_stats`.
     **options
-        ``root`` (where named datasets live).
+        ``root`` (where named datasets live) and ``download`` (fetch a missing named dataset,
+        as :func:`firstlayer.patch_stats` would; default True).
 
     Returns
     -------
@@ -359,7 +360,9 @@ def dataset_description(dataset: str, **options: Any) -> dict[str, Any]:
         desc["sha256"] = file_sha256(path)
     elif path.is_dir():
         desc["path"] = str(path.resolve())
-    src = sources.open_source(dataset, root=options.get("root"), download=False)
+    src = sources.open_source(
+        dataset, root=options.get("root"), download=bool(options.get("download", True))
+    )
     try:
         desc["source"] = src.fingerprint()
         if src.total is not None:

@@ -44,7 +44,7 @@ def _num(v: Any) -> Any:
 
 
 def stats_sha256(stats: PatchStats) -> str:
-    """A content hash of the statistics' raw moments (the same for bit-identical statistics)."""
+    """Hash the statistics' raw moments (the same for bit-identical statistics)."""
     h = hashlib.sha256()
     h.update(
         f"{stats.kernel_size}|{stats.stride}|{stats.padding}|{stats.channels}|{stats.exact}|"
@@ -82,6 +82,7 @@ class StatsProvider:
     options: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
+        """Start with no statistics computed."""
         self._cache: dict[int, PatchStats] = {}
 
     def raw(self, kernel_size: int, channels: int, model: str) -> PatchStats:
@@ -114,7 +115,7 @@ class StatsProvider:
 
 
 def group_stats(raw: PatchStats, norm: Normalization) -> PatchStats:
-    """The statistics of the patches as a network with normalisation ``norm`` saw them.
+    """Return the statistics of the patches as a network with normalisation ``norm`` saw them.
 
     Statistics that already carry a transform (saved after ``normalized``) are used as they are.
     """

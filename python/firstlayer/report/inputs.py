@@ -137,7 +137,7 @@ def parse_normalization(text: str) -> Normalization | None:
 
 
 def _normalization_from_config(config: dict[str, Any]) -> Normalization | None:
-    """The normalisation a run recorded, under any of the usual keys."""
+    """Return the normalisation a run recorded, under any of the usual keys."""
     for key in ("normalize", "normalization", "input_normalization"):
         value = config.get(key)
         if isinstance(value, str):  # a preset name
@@ -265,12 +265,12 @@ def _from_run(path: Path, spec: str) -> ModelInput:
     meta["complete"] = result.is_file()
     if result.is_file():
         try:
-            final = json.loads(result.read_text()).get("final", {})
+            last = json.loads(result.read_text()).get("final", {})
         except (json.JSONDecodeError, AttributeError):
-            final = {}
+            last = {}
         for k in ("train_acc", "test_acc", "train_loss", "test_loss"):
-            if isinstance(final.get(k), int | float):
-                meta[k] = final[k]
+            if isinstance(last, dict) and isinstance(last.get(k), int | float):
+                meta[k] = last[k]
         files[str(result)] = file_sha256(result)
     layer = derived.get("first_layer", {})
     layer_name = layer.get("module") if isinstance(layer, dict) else None
@@ -321,7 +321,7 @@ def _from_file(path: Path, spec: str, key: str | None, arch: str | None) -> Mode
 
 
 def _hub_weights(arch: str) -> Path:
-    """The cached pretrained weights of a torchvision architecture (never downloaded)."""
+    """Find the cached pretrained weights of a torchvision architecture (never downloaded)."""
     import torch
 
     folder = Path(torch.hub.get_dir()) / "checkpoints"
@@ -377,7 +377,7 @@ def resolve_model(spec: str) -> ModelInput:
         if fpath.is_file() and key:
             return _from_file(fpath, spec, key, None)
     if _is_arch_name(spec) and not spec.lower().endswith(_CHECKPOINT_SUFFIXES):
-        import torchvision
+        import torchvision  # type: ignore[import-untyped,unused-ignore]
 
         if spec in torchvision.models.list_models():
             return _from_file(_hub_weights(spec), spec, None, spec)

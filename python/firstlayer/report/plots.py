@@ -28,7 +28,7 @@ _DPI = 100
 
 
 def _figure(width: float, height: float, **margins: float) -> Any:
-    """A figure with fixed margins (no layout engine: constrained layout doubles the time)."""
+    """Make a figure with fixed margins (no layout engine: constrained layout doubles the time)."""
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(width, height), dpi=_DPI)
@@ -91,7 +91,7 @@ def correlation_figure(group: dict[str, Any]) -> bytes:
 
 
 def dft_figure(model: dict[str, Any]) -> bytes:
-    """A model's filter energy per 2D spatial frequency: summed, per channel, radial average."""
+    """Draw a model's filter energy per 2D frequency: summed, per channel, radial average."""
     dft = model["dft"]
     total = _arr(dft["total"])
     per = _arr(dft["per_channel"])
@@ -122,7 +122,7 @@ def dft_figure(model: dict[str, Any]) -> bytes:
 
 
 def init_figure(model: dict[str, Any]) -> bytes:
-    """A trained model against its initialisation: profiles of the change, the raw weights, init."""
+    """Draw a model against its initialisation: profiles of the change, raw weights, init."""
     init = model["init"]
     fig = _figure(11, 3.8)
     axes = fig.subplots(1, 2)
@@ -152,7 +152,7 @@ def init_figure(model: dict[str, Any]) -> bytes:
 
 
 def fit_figure(model: dict[str, Any]) -> bytes:
-    """A model's profile with the fitted linear-CNN theory curve."""
+    """Draw a model's profile with the fitted linear-CNN theory curve."""
     f = model["fit"]
     p = _arr(model["profile"])
     curve = _arr(f["curve"])
@@ -198,7 +198,7 @@ def _mosaic(w: np.ndarray) -> np.ndarray:
 
 
 def filters_figure(name: str, weight: np.ndarray, init: np.ndarray | None) -> bytes:
-    """The first-layer filters as an image grid (and their change from init when known)."""
+    """Draw the first-layer filters as an image grid (and their change from init when known)."""
     banks = [("final weights", weight)]
     if init is not None:
         banks.append(("final - init", weight - init))
@@ -214,7 +214,7 @@ def filters_figure(name: str, weight: np.ndarray, init: np.ndarray | None) -> by
 
 
 def eigenspectrum_figure(group: dict[str, Any]) -> bytes:
-    """The patch covariance eigenvalues, their cumulative share, and the patch power spectrum."""
+    """Draw the patch eigenvalues, their cumulative share and the patch power spectrum."""
     ev = _arr(group["eigenvalues"])
     ratio = _arr(group["explained_variance_ratio"])
     spec = _arr(group["patch_power_spectrum"]).sum(axis=0)
@@ -239,7 +239,7 @@ def eigenspectrum_figure(group: dict[str, Any]) -> bytes:
 
 
 def labels_figure(group: dict[str, Any], class_names: list[str] | None) -> bytes:
-    """The label/patch assumption check: label correlation per class and component."""
+    """Draw the label/patch assumption check: label correlation per class and component."""
     lab = group["labels"]
     coef = _arr(lab["coefficient"])
     dist = _arr(lab["class_mean_distance"])

@@ -22,6 +22,7 @@ _LAZY = {
     "filters": "firstlayer.filters",
     "profile": "firstlayer.profile",
     "whitening": "firstlayer.whitening",
+    "report": "firstlayer.report",
     "train": "firstlayer.train",  # a callable package: firstlayer.train(...) trains
     # first layers and energy profiles
     "FirstLayer": "firstlayer.filters",

@@ -1,0 +1,1 @@
+//! Parallel decoding of image files (PNG, JPEG, BMP) into uint8 arrays.

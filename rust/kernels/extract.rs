@@ -1,0 +1,1 @@
+//! Patch extraction: the patches themselves, strided and sampled, in conv-weight order.

@@ -226,14 +226,29 @@ def _cmd_stats(args: argparse.Namespace) -> int:
     if args.checkpoint:
         options["checkpoint"] = args.checkpoint
     t0 = time.monotonic()
-    stats = patch_stats(
-        dataset,
-        kernel_size=args.kernel_size,
-        stride=args.stride,
-        padding=args.padding,
-        labels=args.labels,
-        **options,
-    )
+    if args.scheduler or args.workers is not None:
+        from firstlayer.distributed import sharded_stats
+
+        options["checkpoint_dir"] = options.pop("checkpoint", None)
+        stats = sharded_stats(
+            dataset,
+            args.kernel_size,
+            scheduler=args.scheduler,
+            workers=args.workers,
+            stride=args.stride,
+            padding=args.padding,
+            labels=args.labels,
+            **options,
+        )
+    else:
+        stats = patch_stats(
+            dataset,
+            kernel_size=args.kernel_size,
+            stride=args.stride,
+            padding=args.padding,
+            labels=args.labels,
+            **options,
+        )
     seconds = time.monotonic() - t0
     if norm is not None:
         stats = stats.normalized(list(norm.mean), list(norm.std), scale=norm.scale)
@@ -777,8 +792,24 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         help="save the statistics of normalised images: none, imagenet, cifar10 or "
         "M1,M2,M3/S1,S2,S3 (default: raw pixels, exact)",
     )
-    g.add_argument("--checkpoint", metavar="FILE", help="resume file for long runs")
+    g.add_argument(
+        "--checkpoint",
+        metavar="FILE",
+        help="resume file for long runs (with --scheduler/--workers: a folder of finished shards)",
+    )
     g.add_argument("--top", type=int, default=10, help="eigenvalues to print (default 10)")
+    g = p.add_argument_group("cluster (dask.distributed)")
+    g.add_argument(
+        "--scheduler",
+        metavar="ADDR",
+        help="run the shards on a running Dask cluster, e.g. tcp://host:8786",
+    )
+    g.add_argument(
+        "--workers",
+        type=int,
+        metavar="N",
+        help="run the shards on a local cluster of N worker processes",
+    )
     p.set_defaults(handler=_cmd_stats)
 
     p = _sub(

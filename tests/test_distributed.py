@@ -98,10 +98,10 @@ def test_every_shard_kind_gives_the_single_process_statistics(
     labels = np.random.default_rng(1).integers(0, 5, len(images))
     np.save(tmp_path / "x.npy", images)
     folder = tmp_path / "imgs"
-    folder.mkdir()
     files = []
     for i in range(24):
-        f = folder / f"{i:03d}.png"
+        f = folder / "ab"[i // 12] / f"{i:03d}.png"  # two class folders
+        f.parent.mkdir(parents=True, exist_ok=True)
         Image.fromarray(images[i].transpose(1, 2, 0)).save(f)
         files.append(str(f))
 
@@ -114,10 +114,15 @@ def test_every_shard_kind_gives_the_single_process_statistics(
     chunks = [Shard(images, a, a + 60, labels=labels) for a in range(0, 240, 60)]
     assert patch_stats(chunks, client=client, quiet=True) == ref_lab
 
-    ref_files = firstlayer.patch_stats(str(folder), 3)
-    got = patch_stats([files[:7], files[7:20], str(folder) + "/", (str(folder), 20, 24)][:2]
-                      + [(str(folder), 20, 24)], client=client, batch_size=5)  # fmt: skip
-    assert got == ref_files
+    unlabelled = firstlayer.patch_stats(str(folder), 3, labels=False)
+    got = patch_stats([files[:7], files[7:20], files[20:]], client=client, batch_size=5)
+    assert got == unlabelled
+    labelled = firstlayer.patch_stats(str(folder), 3)
+    assert list(labelled.class_counts) == [12 * 196, 12 * 196]
+    got = patch_stats(split(str(folder), 5), client=client, batch_size=4)
+    assert got == labelled
+    got = patch_stats([(str(folder), 0, 13), (str(folder), 13, 24)], client=client)
+    assert got == labelled
 
     ref_sample = firstlayer.patch_stats("sample", 5, stride=2)
     got = patch_stats(split("sample", 6), 5, stride=2, client=client, batch_size=64)
@@ -261,3 +266,33 @@ def test_cli_stats_on_a_local_cluster_matches_one_process(
     assert len(list((tmp_path / "ckpt").glob("shard-*.npz"))) == 8  # 4 per worker thread
     assert main(["stats", "sample", "--workers", "2", "--scheduler", "tcp://x:1"]) == 1
     assert "workers: a local cluster size" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------------------------
+# Training under torchrun, from the command line (DDP itself: tests/test_train.py)
+# ----------------------------------------------------------------------------------------------
+
+
+def test_torchrun_two_processes_cli_train_matches_one_process(tmp_path: Path) -> None:
+    torch = pytest.importorskip("torch")
+    if not torch.distributed.is_available():
+        pytest.skip("torch.distributed is not available")
+    opts = ("--arch linear_cnn --dataset sample --subset 64 --test-subset 32 --width 0.25 "
+            "--batch-size 16 --epochs 1 --threads 1").split()  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    one = subprocess.run(
+        [sys.executable, "-m", "firstlayer", "train", *opts, "--out", str(tmp_path / "one")],
+        env=env, capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert one.returncode == 0, one.stderr[-3000:]
+    two = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+         "-m", "firstlayer", "train", *opts, "--out", str(tmp_path / "two")],
+        env=env, capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert two.returncode == 0, two.stderr[-3000:]
+    cfg = json.loads((tmp_path / "two" / "config.json").read_text())
+    assert cfg["derived"]["world_size"] == 2
+    w1 = np.load(tmp_path / "one" / "first_layer_final.npy")
+    w2 = np.load(tmp_path / "two" / "first_layer_final.npy")
+    np.testing.assert_allclose(w2, w1, rtol=1e-4, atol=1e-6)

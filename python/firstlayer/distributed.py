@@ -195,7 +195,8 @@ def split(source: Any, n_shards: int, **source_options: Any) -> list[Shard]:
     ----------
     source : str, path, list of paths or ndarray
         A dataset name, a folder, a ``.npy``/``.npz`` file, a list of image files, or an array
-        (cut into views: chunks of the same memory).
+        (cut into views: chunks of the same memory). A folder is walked once, here: its shards
+        are lists of files (with their class labels), so no task walks the folder again.
     n_shards : int
         Number of shards (>= 1); fewer when the source has fewer items.
     **source_options
@@ -209,12 +210,16 @@ def split(source: Any, n_shards: int, **source_options: Any) -> list[Shard]:
     if isinstance(n_shards, bool) or not isinstance(n_shards, int | np.integer) or n_shards < 1:
         msg = f"n_shards: expected an integer >= 1, got {n_shards!r}"
         raise ValueError(msg)
+    files: list[str] | None = None
+    file_labels: list[int] | None = None
     if isinstance(source, np.ndarray):
         total = source.shape[0]
     else:
         opened = _open(Shard(source), _open_options(source_options))
         try:
             total = opened.total
+            if isinstance(opened, sources.FileListSource) and not isinstance(source, list):
+                files, file_labels = opened.files, opened.labels  # walk a folder only once
         finally:
             opened.close()
         if total is None:
@@ -226,6 +231,11 @@ def split(source: Any, n_shards: int, **source_options: Any) -> list[Shard]:
     n = min(int(n_shards), total)
     bounds = [total * i // n for i in range(n + 1)]
     pairs = list(zip(bounds, bounds[1:], strict=False))
+    if files is not None:
+        return [
+            Shard(files[a:b], labels=None if file_labels is None else file_labels[a:b])
+            for a, b in pairs
+        ]
     if isinstance(source, list):
         return [Shard(list(source[a:b])) for a, b in pairs]
     if isinstance(source, np.ndarray):
@@ -321,6 +331,7 @@ def _open(shard: Shard, open_options: dict[str, Any], data: Any = None) -> sourc
         )
         inner: sources.Source = sources.FileListSource(
             [os.fspath(p) for p in src],
+            labels=None if labels is None else [int(v) for v in labels],
             opts=opts,
             workers=open_options.get("workers"),
             decoder=open_options.get("decoder", "auto"),
@@ -331,6 +342,17 @@ def _open(shard: Shard, open_options: dict[str, Any], data: Any = None) -> sourc
     if shard.start == 0 and shard.stop is None:
         return inner
     return RangeSource(inner, shard.start, shard.stop)
+
+
+def _worker_threads() -> int | None:
+    """Threads of the Dask worker running this code (None outside a worker)."""
+    mod = sys.modules.get("distributed")
+    if mod is None:
+        return None
+    try:
+        return int(mod.get_worker().state.nthreads)
+    except (ValueError, AttributeError):
+        return None
 
 
 def compute_shard(
@@ -355,7 +377,10 @@ def compute_shard(
         shard = Shard(shard.source, shard.start, shard.stop, labels, shard.key)
     if isinstance(data, np.ndarray):  # buffers that travelled may be unaligned for the core
         data = np.require(data, requirements=["C", "A"])
-    src = _open(shard, _open_options(options), data)
+    open_options = _open_options(options)
+    if "workers" not in open_options:  # decode with the worker's threads, not all the cores
+        open_options["workers"] = _worker_threads()
+    src = _open(shard, open_options, data)
     try:
         label_mode = options.get("labels")
         return sources.stream_stats(
@@ -372,6 +397,14 @@ def compute_shard(
         )
     finally:
         src.close()
+
+
+def _timed_task(
+    shard: Shard, options: dict[str, Any], data: Any = None, labels: Any = None
+) -> tuple[PatchStats, float]:
+    t0 = time.perf_counter()
+    stats = compute_shard(shard, options, data, labels)
+    return stats, time.perf_counter() - t0
 
 
 # --------------------------------------------------------------------------------------------
@@ -415,7 +448,8 @@ def shard_key(shard: Shard, index: int = 0) -> str:
     if _is_path(src):
         return _sha("path", _path_identity(src), rng)
     if isinstance(src, list | tuple):
-        return _sha("files", [_path_identity(p) for p in src], rng)
+        ys = None if shard.labels is None else [int(v) for v in shard.labels]
+        return _sha("files", [_path_identity(p) for p in src], ys, rng)
     if isinstance(src, np.ndarray):
         lab = None if shard.labels is None else np.asarray(shard.labels)
         return _sha("array", src, lab, rng)
@@ -548,12 +582,16 @@ class ShardRun:
         Indices of the shards read from ``checkpoint_dir``.
     seconds : float
         Wall time.
+    task_seconds : dict of int to float
+        Time each computed shard spent in its (last) task, inside the worker: their sum against
+        ``seconds`` times the number of worker threads shows the engine's overhead.
     """
 
     stats: PatchStats
     computed: list[int]
     loaded: list[int]
     seconds: float
+    task_seconds: dict[int, float] = field(default_factory=dict)
 
 
 def local_cluster(workers: int | None = None, threads_per_worker: int = 1) -> Any:
@@ -580,7 +618,7 @@ def local_cluster(workers: int | None = None, threads_per_worker: int = 1) -> An
         if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
             msg = f"{name}: expected an integer >= 1, got {value!r}"
             raise ValueError(msg)
-    return LocalCluster(
+    return LocalCluster(  # type: ignore[no-untyped-call]
         n_workers=int(n),
         threads_per_worker=int(threads_per_worker),
         processes=True,
@@ -688,8 +726,11 @@ def run_shards(
     todo = [i for i in range(len(items)) if i not in results]
     progress = _Progress(len(items), len(loaded), quiet)
 
+    task_seconds: dict[int, float] = {}
     if todo:
-        _run_tasks(items, todo, options, client, workers, retries, ckpt, results, progress)
+        _run_tasks(
+            items, todo, options, client, workers, retries, ckpt, results, task_seconds, progress
+        )
     stats = results[0]
     for i in range(1, len(items)):
         try:
@@ -697,7 +738,7 @@ def run_shards(
         except ValueError as exc:
             msg = f"shards[{i}] ({items[i].describe()}): cannot be merged with shards[0]: {exc}"
             raise ValueError(msg) from exc
-    return ShardRun(stats, todo, loaded, time.monotonic() - t0)
+    return ShardRun(stats, todo, loaded, time.monotonic() - t0, task_seconds)
 
 
 def _jsonable(v: Any) -> Any:
@@ -719,6 +760,7 @@ def _run_tasks(
     retries: int,
     ckpt: _CheckpointDir | None,
     results: dict[int, PatchStats],
+    task_seconds: dict[int, float],
     progress: _Progress,
 ) -> None:
     distributed = _import_distributed()
@@ -753,7 +795,7 @@ def _run_tasks(
             with warnings.catch_warnings():
                 warnings.filterwarnings("ignore", message=".*large graph", category=UserWarning)
                 fut = client.submit(
-                    compute_shard,
+                    _timed_task,
                     shard,
                     options,
                     data,
@@ -767,7 +809,7 @@ def _run_tasks(
         for fut in distributed.as_completed(list(futures)):
             i = futures[fut]
             try:
-                stats = fut.result()
+                stats, task_seconds[i] = fut.result()
             except Exception as exc:  # noqa: BLE001 - re-raised after the others finish
                 if first_error is None or i < first_error[0]:
                     first_error = (i, exc)
@@ -777,10 +819,10 @@ def _run_tasks(
                 ckpt.save(i, stats)
             progress.update(stats.n_images)
         if first_error is not None:
-            i, exc = first_error
+            bad, cause = first_error
             saved = f"; {len(results)} finished shards are in the checkpoint" if ckpt else ""
-            msg = f"shards[{i}] ({items[i].describe()}) failed after {retries} retries{saved}"
-            raise RuntimeError(msg) from exc
+            msg = f"shards[{bad}] ({items[bad].describe()}) failed after {retries} retries{saved}"
+            raise RuntimeError(msg) from cause
     finally:
         if own_client is not None:
             own_client.close()

@@ -225,6 +225,10 @@ def test_errors_name_the_argument(images: np.ndarray) -> None:
         as_shard(("sample", 5, 5), 1)
     with pytest.raises(ValueError, match="expected a slice with step 1"):
         as_shard(("sample", slice(0, 10, 2)))
+    with pytest.raises(ValueError, match="method: expected 'auto', 'direct' or 'shifted'"):
+        patch_stats(["sample"], method="fast")
+    with pytest.raises(TypeError, match="labels: expected None, True or False"):
+        patch_stats(["sample"], labels=[0, 1])  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="unexpected keyword arguments"):
         patch_stats(["sample"], bogus=1)
     with pytest.raises(ValueError, match="n_shards: expected an integer >= 1"):
@@ -269,22 +273,17 @@ def test_cli_stats_on_a_local_cluster_matches_one_process(
 
 
 # ----------------------------------------------------------------------------------------------
-# Training under torchrun, from the command line (DDP itself: tests/test_train.py)
+# Training under torchrun, from the command line (DDP against one process: tests/test_train.py)
 # ----------------------------------------------------------------------------------------------
 
 
-def test_torchrun_two_processes_cli_train_matches_one_process(tmp_path: Path) -> None:
+def test_torchrun_two_processes_cli_train(tmp_path: Path) -> None:
     torch = pytest.importorskip("torch")
     if not torch.distributed.is_available():
         pytest.skip("torch.distributed is not available")
     opts = ("--arch linear_cnn --dataset sample --subset 64 --test-subset 32 --width 0.25 "
             "--batch-size 16 --epochs 1 --threads 1").split()  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    one = subprocess.run(
-        [sys.executable, "-m", "firstlayer", "train", *opts, "--out", str(tmp_path / "one")],
-        env=env, capture_output=True, text=True, timeout=120, check=False,
-    )  # fmt: skip
-    assert one.returncode == 0, one.stderr[-3000:]
     two = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
          "-m", "firstlayer", "train", *opts, "--out", str(tmp_path / "two")],
@@ -293,6 +292,6 @@ def test_torchrun_two_processes_cli_train_matches_one_process(tmp_path: Path) ->
     assert two.returncode == 0, two.stderr[-3000:]
     cfg = json.loads((tmp_path / "two" / "config.json").read_text())
     assert cfg["derived"]["world_size"] == 2
-    w1 = np.load(tmp_path / "one" / "first_layer_final.npy")
-    w2 = np.load(tmp_path / "two" / "first_layer_final.npy")
-    np.testing.assert_allclose(w2, w1, rtol=1e-4, atol=1e-6)
+    init = np.load(tmp_path / "two" / "first_layer_init.npy")
+    final = np.load(tmp_path / "two" / "first_layer_final.npy")
+    assert np.all(np.isfinite(final)) and not np.allclose(final, init)

@@ -41,11 +41,15 @@ if TYPE_CHECKING:
     from distributed import Client
 
 __all__ = [
+    "RangeSource",
     "Shard",
     "ShardRun",
+    "as_shard",
+    "compute_shard",
     "local_cluster",
     "patch_stats",
     "run_shards",
+    "shard_key",
     "sharded_stats",
     "split",
 ]
@@ -253,6 +257,13 @@ class RangeSource(sources.Source):
 
     A batch that would run past ``stop`` is read again as a shorter one, so every image in range
     is counted exactly once whatever the batch size and the inner source's file boundaries.
+
+    Parameters
+    ----------
+    inner : Source
+        The whole source; closed with this one.
+    start, stop : int
+        The item range; ``stop=None`` means the end (the source must know its length).
     """
 
     def __init__(self, inner: sources.Source, start: int, stop: int | None) -> None:
@@ -688,6 +699,9 @@ def run_shards(
             rng = f"[{lo}, {hi}]" if hi is not None else f">= {lo}"
             msg = f"{name}: expected an integer in {rng}, got {value}"
             raise ValueError(msg)
+    if method not in ("auto", "direct", "shifted"):
+        msg = f"method: expected 'auto', 'direct' or 'shifted', got {method!r}"
+        raise ValueError(msg)
     if labels is not None and not isinstance(labels, bool):
         msg = (
             "labels: expected None, True or False (per-shard label arrays go in Shard(labels=)), "

@@ -171,7 +171,8 @@ def as_shard(description: Any, index: int = 0) -> Shard:
     elif isinstance(description, list) and description and all(map(_is_path, description)):
         shard = Shard([os.fspath(p) for p in description])
     elif isinstance(description, list | tuple) and not description:
-        msg = f"{name}: expected a non-empty list of image files, got an empty {type(description)}"
+        kind = type(description).__name__
+        msg = f"{name}: expected a non-empty list of image files, got an empty {kind}"
         raise ValueError(msg)
     else:
         shard = Shard(description)

@@ -211,6 +211,142 @@ fn image_power_sum<'py>(
     }
 }
 
+/// Writes patches of a C-contiguous 4-D batch into `out` (C-contiguous, `(rows, C*k*k)`, the
+/// dtype of `x`) in `(c, i, j)` order, and their `(image, i, j)` into `positions` when given.
+/// `plan`: `"all"` (rows `[start, end)` of every position), `"sample"` (`max_patches` drawn
+/// without replacement over the batch) or `"per_image"` (`max_patches` per image, rows
+/// `[start, end)`); `image_offset` is the global index of the first image.
+#[pyfunction]
+#[pyo3(signature = (x, out, *, layout, kernel_size, stride = 1, padding = 0, plan = "all", max_patches = 0, seed = 0, start = 0, end = None, image_offset = 0, positions = None))]
+#[allow(clippy::too_many_arguments)]
+fn extract_patches<'py>(
+    py: Python<'py>,
+    x: &Bound<'py, PyAny>,
+    out: &Bound<'py, PyAny>,
+    layout: &str,
+    kernel_size: usize,
+    stride: usize,
+    padding: usize,
+    plan: &str,
+    max_patches: u64,
+    seed: u64,
+    start: u64,
+    end: Option<u64>,
+    image_offset: u64,
+    positions: Option<&Bound<'py, PyAny>>,
+) -> PyResult<()> {
+    use crate::kernels::extract::{self, Geometry, Plan};
+    use numpy::{PyArray2, PyReadwriteArray2};
+
+    fn writable<'py, T: numpy::Element>(
+        a: &Bound<'py, PyAny>,
+        arg: &str,
+        dtype: &str,
+    ) -> PyResult<PyReadwriteArray2<'py, T>> {
+        let arr = a.extract::<Bound<'py, PyArray2<T>>>().map_err(|_| {
+            PyTypeError::new_err(format!(
+                "{arg}: expected a 2-D numpy array of dtype {dtype}, got {}",
+                describe(a)
+            ))
+        })?;
+        arr.try_readwrite().map_err(|e| {
+            PyValueError::new_err(format!(
+                "{arg}: expected a writeable array that shares no memory with x, got one that \
+                 cannot be borrowed for writing ({e})"
+            ))
+        })
+    }
+    fn run<'py, T: Pixel + numpy::Element + Default>(
+        py: Python<'py>,
+        a: &PyReadonlyArray4<'py, T>,
+        out: &Bound<'py, PyAny>,
+        dtype: &str,
+        (layout, win, plan, image_offset): (&str, Window, Plan, u64),
+        positions: Option<&Bound<'py, PyAny>>,
+    ) -> PyResult<()> {
+        let b = batch(a.shape(), layout)?;
+        let x = contiguous(a, "x")?;
+        let mut out = writable::<T>(out, "out", dtype)?;
+        let mut pos = positions
+            .map(|p| writable::<i64>(p, "positions", "int64"))
+            .transpose()?;
+        let contiguous_mut = |arg: &str, strides: Vec<isize>| {
+            PyValueError::new_err(format!(
+                "{arg}: expected a C-contiguous array, got strides {strides:?}"
+            ))
+        };
+        let out_strides = out.strides().to_vec();
+        let out_slice = out
+            .as_slice_mut()
+            .map_err(|_| contiguous_mut("out", out_strides))?;
+        let pos_slice = match pos.as_mut() {
+            Some(p) => {
+                let strides = p.strides().to_vec();
+                Some(
+                    p.as_slice_mut()
+                        .map_err(|_| contiguous_mut("positions", strides))?,
+                )
+            }
+            None => None,
+        };
+        Ok(py.detach(|| extract::extract(x, b, win, plan, image_offset, out_slice, pos_slice))?)
+    }
+
+    let win = Window {
+        k: kernel_size,
+        stride,
+        pad: padding,
+    };
+    let shape_batch = |shape: &[usize]| -> PyResult<u64> {
+        let b = batch(shape, layout)?;
+        Ok(Geometry::new(b, win)?.total())
+    };
+    let x_shape: Vec<usize> = match images(x)? {
+        Images::U8(a) => a.shape().to_vec(),
+        Images::F32(a) => a.shape().to_vec(),
+        Images::F64(a) => a.shape().to_vec(),
+    };
+    let plan = match plan {
+        "all" => Plan::All {
+            start,
+            end: match end {
+                Some(e) => e,
+                None => shape_batch(&x_shape)?,
+            },
+        },
+        "sample" => Plan::Sample {
+            m: max_patches,
+            seed,
+        },
+        "per_image" => Plan::PerImage {
+            m: max_patches,
+            seed,
+            start,
+            end: match end {
+                Some(e) => e,
+                None => {
+                    let per = max_patches.min(shape_batch(&x_shape)? / x_shape[0].max(1) as u64);
+                    per * x_shape[0] as u64
+                }
+            },
+        },
+        other => {
+            return Err(CoreError::param(
+                "plan",
+                "'all', 'sample' or 'per_image'",
+                format!("{other:?}"),
+            )
+            .into());
+        }
+    };
+    let how = (layout, win, plan, image_offset);
+    match images(x)? {
+        Images::U8(a) => run(py, &a, out, "uint8", how, positions),
+        Images::F32(a) => run(py, &a, out, "float32", how, positions),
+        Images::F64(a) => run(py, &a, out, "float64", how, positions),
+    }
+}
+
 /// Number of threads of the global pool (`RAYON_NUM_THREADS`, else the number of cores).
 #[pyfunction]
 fn num_threads() -> usize {
@@ -220,7 +356,7 @@ fn num_threads() -> usize {
 #[pymodule(gil_used = false)]
 mod _core {
     #[pymodule_export]
-    use super::{dft2, image_power_sum, num_threads, patch_moments};
+    use super::{dft2, extract_patches, image_power_sum, num_threads, patch_moments};
 
     #[pymodule_export]
     #[allow(non_upper_case_globals)] // Python's dunder name

@@ -28,3 +28,21 @@ def image_power_sum(x: npt.NDArray[Any], *, layout: str) -> npt.NDArray[np.float
 
 def num_threads() -> int:
     """Threads of the global pool (RAYON_NUM_THREADS, else the number of cores)."""
+
+def extract_patches(
+    x: npt.NDArray[Any],
+    out: npt.NDArray[Any],
+    *,
+    layout: str,
+    kernel_size: int,
+    stride: int = 1,
+    padding: int = 0,
+    plan: str = "all",
+    max_patches: int = 0,
+    seed: int = 0,
+    start: int = 0,
+    end: int | None = None,
+    image_offset: int = 0,
+    positions: npt.NDArray[np.int64] | None = None,
+) -> None:
+    """Write patches of a batch into `out` (rows of C*k*k in (c, i, j) order), in place."""

@@ -19,6 +19,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+import firstlayer  # noqa: E402
 from firstlayer.train import (  # noqa: E402
     ARCHITECTURES,
     TrainConfig,
@@ -49,9 +50,10 @@ TINY = {
 
 def _env() -> dict[str, str]:
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(
-        [str(REPO / "python"), *filter(None, [env.get("PYTHONPATH")])]
-    )
+    # Subprocesses import the same firstlayer as this process (installed or editable), never
+    # the bare source tree, which has no compiled core.
+    here = str(Path(firstlayer.__file__).resolve().parent.parent)
+    env["PYTHONPATH"] = os.pathsep.join([here, *filter(None, [env.get("PYTHONPATH")])])
     env["OMP_NUM_THREADS"] = "1"
     return env
 

@@ -32,8 +32,6 @@ from firstlayer.train import (  # noqa: E402
 )
 from firstlayer.train.runs import RunDir  # noqa: E402
 
-REPO = Path(__file__).resolve().parent.parent
-
 # A tiny, fast configuration shared by most tests.
 TINY = {
     "arch": "small_cnn",

@@ -353,10 +353,72 @@ fn num_threads() -> usize {
     rayon::current_num_threads()
 }
 
+/// Decode image files (PNG, JPEG, BMP) in parallel with the GIL released: per path, a `uint8`
+/// array `(H, W, 3)` (`(H, W)` when `grayscale`), or the reason the file could not be decoded.
+/// `resize` (an int for the shorter side, or `(h, w)`) and `center_crop` follow torchvision.
+#[pyfunction]
+#[pyo3(signature = (paths, *, grayscale = false, resize = None, center_crop = None, threads = 0))]
+fn decode_images<'py>(
+    py: Python<'py>,
+    paths: Vec<std::path::PathBuf>,
+    grayscale: bool,
+    resize: Option<&Bound<'py, PyAny>>,
+    center_crop: Option<(usize, usize)>,
+    threads: usize,
+) -> PyResult<Bound<'py, pyo3::types::PyList>> {
+    use crate::kernels::decode::{decode_files, DecodeOptions, Resize};
+    let resize = match resize {
+        None => None,
+        Some(r) => Some(if let Ok(s) = r.extract::<usize>() {
+            Resize::Shorter(s)
+        } else if let Ok((h, w)) = r.extract::<(usize, usize)>() {
+            Resize::Exact(h, w)
+        } else {
+            return Err(PyTypeError::new_err(format!(
+                "resize: expected an int or a (height, width) pair, got {}",
+                describe(r)
+            )));
+        }),
+    };
+    let zero = match resize {
+        Some(Resize::Shorter(s)) => s == 0,
+        Some(Resize::Exact(h, w)) => h == 0 || w == 0,
+        None => false,
+    };
+    if zero || center_crop.is_some_and(|(h, w)| h == 0 || w == 0) {
+        return Err(PyValueError::new_err(format!(
+            "resize and center_crop must be positive, got resize={resize:?}, center_crop={center_crop:?}"
+        )));
+    }
+    let opts = DecodeOptions {
+        grayscale,
+        resize,
+        center_crop,
+    };
+    let results = py.detach(|| decode_files(&paths, &opts, threads));
+    let out = pyo3::types::PyList::empty(py);
+    for r in results {
+        match r {
+            Ok(d) => {
+                let a = PyArray1::from_vec(py, d.data);
+                if d.channels == 1 {
+                    out.append(a.reshape([d.h, d.w])?)?;
+                } else {
+                    out.append(a.reshape([d.h, d.w, d.channels])?)?;
+                }
+            }
+            Err(reason) => out.append(reason)?,
+        }
+    }
+    Ok(out)
+}
+
 #[pymodule(gil_used = false)]
 mod _core {
     #[pymodule_export]
-    use super::{dft2, extract_patches, image_power_sum, num_threads, patch_moments};
+    use super::{
+        decode_images, dft2, extract_patches, image_power_sum, num_threads, patch_moments,
+    };
 
     #[pymodule_export]
     #[allow(non_upper_case_globals)] // Python's dunder name

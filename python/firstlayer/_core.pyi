@@ -29,6 +29,16 @@ def image_power_sum(x: npt.NDArray[Any], *, layout: str) -> npt.NDArray[np.float
 def num_threads() -> int:
     """Threads of the global pool (RAYON_NUM_THREADS, else the number of cores)."""
 
+def decode_images(
+    paths: list[str],
+    *,
+    grayscale: bool = False,
+    resize: int | tuple[int, int] | None = None,
+    center_crop: tuple[int, int] | None = None,
+    threads: int = 0,
+) -> list[npt.NDArray[np.uint8] | str]:
+    """Decode PNG/JPEG/BMP files in parallel: (H, W, 3) or (H, W) uint8 arrays, or reasons."""
+
 def extract_patches(
     x: npt.NDArray[Any],
     out: npt.NDArray[Any],

@@ -1,0 +1,2 @@
+€Œ
+subprocessŒPopen“ŒtouchŒFIRSTLAYER_PWNED†…R.

@@ -1,0 +1,110 @@
+"""Random SIGKILLs of training and of report writing, resumed until done (the fuzzing job).
+
+A child process is killed at a random atomic write (the n-th ``os.replace``) or after a random
+delay; the run is then resumed in fresh processes, possibly killed again, and must end with the
+same weights, metrics and snapshots as a run that was never interrupted.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROUNDS = int(os.environ.get("FIRSTLAYER_FUZZ_KILLS", "6"))
+TINY = {"arch": "small_cnn", "dataset": "sample", "subset": 96, "test_subset": 64,
+        "width": 0.25, "batch_size": 16, "epochs": 2, "threads": 1, "quiet": True,
+        "labels": "random", "augment": True, "momentum": 0.9, "checkpoint_every": 2}  # fmt: skip
+
+_CHILD = textwrap.dedent(
+    """
+    import json, os, signal, sys
+    kill_at = int(sys.argv[2])
+    calls = {"n": 0}
+    real = os.replace
+
+    def replace(a, b):
+        calls["n"] += 1
+        if calls["n"] == kill_at:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return real(a, b)
+
+    os.replace = replace
+    from firstlayer.train import train
+    train(**json.loads(sys.argv[1]))
+    print("finished")
+    """
+)
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
+def _train(kw: dict, kill_at: int) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", _CHILD, json.dumps(kw), str(kill_at)],
+                          capture_output=True, text=True, timeout=600, env=_env())  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("ref") / "run"
+    proc = _train({**TINY, "out": str(out)}, 0)
+    assert proc.returncode == 0, proc.stderr
+    return out
+
+
+def _same_run(a: Path, b: Path) -> None:
+    import torch
+
+    sa = torch.load(a / "model_final.pt", weights_only=True)
+    sb = torch.load(b / "model_final.pt", weights_only=True)
+    assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+    np.testing.assert_array_equal(np.load(a / "first_layer_final.npy"),
+                                  np.load(b / "first_layer_final.npy"))  # fmt: skip
+    drop = {"epoch_seconds", "eval_seconds", "images_per_second"}
+
+    def metrics(p: Path) -> list[dict]:
+        rows = [json.loads(line) for line in (p / "metrics.jsonl").read_text().splitlines()]
+        return [{k: v for k, v in r.items() if k not in drop} for r in rows]
+
+    assert metrics(a) == metrics(b)
+
+    def snapshots(p: Path) -> list[str]:  # a SIGKILL may leave hidden temporaries: not outputs
+        return sorted(n for n in os.listdir(p / "snapshots") if not n.startswith("."))
+
+    assert snapshots(a) == snapshots(b)
+
+
+@pytest.mark.parametrize("seed", range(ROUNDS))
+def test_training_killed_at_random_writes_resumes_to_the_same_run(
+    reference: Path, tmp_path: Path, seed: int
+) -> None:
+    rng = random.Random(seed)
+    out = tmp_path / "run"
+    kills = 0
+    for attempt in range(12):
+        kw = {**TINY, "out": str(out), "resume": attempt > 0 and out.exists()}
+        proc = _train(kw, rng.randint(1, 12) if attempt < 4 else 0)
+        if proc.returncode == 0:
+            break
+        if "holds other files" in proc.stderr:
+            pytest.xfail("known bug: a run killed before its first checkpoint cannot be resumed "
+                         "(test_reliability.py::test_training_killed_before_its_first_checkpoint_"
+                         "can_be_resumed)")  # fmt: skip
+        assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
+        kills += 1
+        # A killed run never looks finished.
+        assert not (out / "result.json").exists()
+    else:
+        pytest.fail("training never finished")
+    _same_run(reference, out)
+    print(f"seed {seed}: {kills} kills")

@@ -620,13 +620,14 @@ train(**json.loads(sys.argv[1]))
 
 @pytest.mark.xfail(
     strict=True,
-    reason="BUG: a training run killed before its first checkpoint (e.g. while writing "
-    "labels_train.npy) leaves a folder that resume=True refuses ('expected a new or empty "
-    "directory ... holds other files') and overwrite=True refuses too ('not a training run; not "
-    "deleting it'): the user must delete it by hand. Fix: write config.json first (so the folder "
-    "is recognised as a run), or let RunDir.prepare(resume=True) start afresh when the folder "
-    "holds only files a run writes before its first checkpoint (labels_*.npy, "
-    "first_layer_init.npy, snapshots/, hidden *.tmp).",
+    reason="BUG: a training run killed in its first 6 atomic writes (labels_*.npy, "
+    "first_layer_init.npy, snapshot 0, metrics.jsonl, config.json) leaves a folder that "
+    "resume=True refuses ('expected a new or empty directory ... holds other files') and "
+    "overwrite=True refuses too ('not a training run; not deleting it'): the user must delete "
+    "it by hand. Fix: write config.json first (so the folder is recognised as a run), or let "
+    "RunDir.prepare(resume=True) start afresh when the folder holds only files a run writes "
+    "before config.json (labels_*.npy, first_layer_init.npy, snapshots/step_000000000.npy, "
+    "metrics.jsonl, hidden *.tmp).",
 )
 def test_training_killed_before_its_first_checkpoint_can_be_resumed(tmp_path: Path) -> None:
     from firstlayer.train import train
@@ -890,7 +891,7 @@ def test_float_statistics_against_an_exact_rational_reference(mean: float, std: 
 @pytest.mark.xfail(
     strict=True,
     reason="LIMITATION: float statistics keep raw moments sum(p p^T), so the covariance "
-    "M/n - mu mu^T cancels catastrophically: for pixels 1e4 +- 1e-3 it is off by ~5%. Fix: "
+    "M/n - mu mu^T cancels catastrophically: for pixels 1e4 +- 1e-3 it is off by ~4%. Fix: "
     "accumulate float moments about a per-channel shift (e.g. the first batch's channel mean, "
     "stored in the file; merges re-centre with the parallel-variance formula) so the error is "
     "eps*|mean-shift|^2/var instead of eps*mean^2/var.",

@@ -93,11 +93,14 @@ def test_training_killed_at_random_writes_resumes_to_the_same_run(
     kills = 0
     for attempt in range(12):
         kw = {**TINY, "out": str(out), "resume": attempt > 0 and out.exists()}
-        proc = _train(kw, rng.randint(1, 12) if attempt < 4 else 0)
+        # Writes 1-6 (labels, init, snapshot 0, metrics, config.json) come before the run is
+        # recognised: a kill there is bug 8 of docs/reliability.md, with its own xfail test.
+        # From the 7th write on (snapshots, checkpoints, metrics), a kill must resume.
+        proc = _train(kw, rng.randint(7, 20) if attempt < 4 else 0)
         if proc.returncode == 0:
             break
         if "holds other files" in proc.stderr:
-            pytest.xfail("known bug: a run killed before its first checkpoint cannot be resumed "
+            pytest.xfail("known bug: a run killed before config.json is written cannot be resumed "
                          "(test_reliability.py::test_training_killed_before_its_first_checkpoint_"
                          "can_be_resumed)")  # fmt: skip
         assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
@@ -107,4 +110,4 @@ def test_training_killed_at_random_writes_resumes_to_the_same_run(
     else:
         pytest.fail("training never finished")
     _same_run(reference, out)
-    print(f"seed {seed}: {kills} kills")
+    print(f"seed {seed}: {kills} kills, resumed to the same run")

@@ -23,6 +23,11 @@ _LAZY = {
     "profile": "firstlayer.profile",
     "whitening": "firstlayer.whitening",
     "report": "firstlayer.report",
+    "distributed": "firstlayer.distributed",
+    "reproduce": "firstlayer.reproduce",
+    # the patches themselves
+    "extract_patches": "firstlayer.extract",
+    "iter_patches": "firstlayer.extract",
     "train": "firstlayer.train",  # a callable package: firstlayer.train(...) trains
     # first layers and energy profiles
     "FirstLayer": "firstlayer.filters",

@@ -1,0 +1,263 @@
+"""``firstlayer reproduce``: the tiny scale end to end, its claims' structure and consistency.
+
+One tiny reproduction (the bundled CIFAR-10 sample, narrow networks, 1-2 epochs; about a
+minute on two cores) is shared by the tests of this file.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+pytest.importorskip("torch")
+
+from firstlayer.cli import main  # noqa: E402
+from firstlayer.reproduce import (  # noqa: E402
+    EXPERIMENTS,
+    SCALES,
+    _holds,
+    add_reproduce_arguments,
+    format_claims,
+    reproduce,
+)
+
+REPO = Path(__file__).resolve().parent.parent
+REQUIRED = ("id", "claim", "paper", "measured", "spread", "holds")
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A finished tiny reproduction, made through the command line."""
+    out = tmp_path_factory.mktemp("reproduce") / "tiny"
+    code = main(["reproduce", "--scale", "tiny", "--out", str(out), "--threads", "2", "--quiet"])
+    assert code == 0
+    return out
+
+
+def _claims(out: Path) -> list[dict[str, Any]]:
+    return json.loads((out / "claims.json").read_text())  # type: ignore[no-any-return]
+
+
+def _exp(out: Path, n: int) -> dict[str, Any]:
+    return json.loads((out / "experiments" / f"e{n}.json").read_text())  # type: ignore[no-any-return]
+
+
+def test_folder_layout(tiny: Path) -> None:
+    for name in ("plan.json", "claims.json", "index.html", "report.json", "profiles.csv"):
+        assert (tiny / name).is_file(), name
+    for n in EXPERIMENTS:
+        assert (tiny / "experiments" / f"e{n}.json").is_file()
+    runs = sorted(p.name for p in (tiny / "runs").iterdir())
+    sc = SCALES["tiny"]
+    n_runs = 2 * len(sc.seeds) + len(sc.first_widths) + 2 * len(sc.arch_seeds)
+    assert len(runs) == n_runs
+    assert all((tiny / "runs" / r / "result.json").is_file() for r in runs)
+    plan = json.loads((tiny / "plan.json").read_text())
+    assert plan["scale"]["name"] == "tiny"
+    assert plan["key"] == sc.key()
+
+
+def test_claims_structure(tiny: Path) -> None:
+    claims = _claims(tiny)
+    ids = [c["id"] for c in claims]
+    assert len(ids) == len(set(ids))
+    assert {c["experiment"] for c in claims} == set(EXPERIMENTS)
+    for c in claims:
+        for key in REQUIRED:
+            assert key in c, (c["id"], key)
+        assert isinstance(c["claim"], str) and c["claim"]
+        assert isinstance(c["paper"], float | int)
+        assert c["holds"] in (True, False, None)
+        assert c["rule"] in ("at_least", "near", "abs_below")
+        assert c["source"]
+    # Every claim of the tiny scale is measured (the pretrained weights may be absent elsewhere).
+    measured = [c for c in claims if c["holds"] is not None]
+    assert len(measured) >= len(claims) - 1
+
+
+def test_claims_internally_consistent(tiny: Path) -> None:
+    for c in _claims(tiny):
+        if c["holds"] is None:
+            assert c["n"] == 0
+            continue
+        vals = np.asarray(c["values"], dtype=float)
+        assert c["n"] == vals.size
+        assert math.isclose(c["measured"], float(vals.mean()), rel_tol=1e-9, abs_tol=1e-12)
+        sd = float(vals.std(ddof=1)) if vals.size > 1 else 0.0
+        assert math.isclose(c["spread"], sd, rel_tol=1e-9, abs_tol=1e-12)
+        holds, _ = _holds(
+            c["rule"], c["measured"], c["paper"], c["paper_spread"] or 0.0, c["tolerance"]
+        )
+        assert holds == c["holds"], c["id"]
+        if c["id"] not in ("6a", "6b"):  # correlations
+            assert np.all(np.abs(vals) <= 1 + 1e-9), c["id"]
+
+
+def test_experiment_details_consistent(tiny: Path) -> None:
+    sc = SCALES["tiny"]
+    n_seeds = len(sc.seeds)
+    e1 = _exp(tiny, 1)["details"]
+    assert len(e1["seed_correlations"]) == n_seeds * (n_seeds - 1) // 2
+    assert len(e1["width_correlations"]) == len(sc.first_widths) * n_seeds
+    for p in e1["profiles"].values():
+        assert len(p) == 27
+        assert math.isclose(max(p), 1.0)  # max-normalised
+    e4 = _exp(tiny, 4)["details"]
+    assert len(e4["true_vs_random"]) == n_seeds
+    # The paired correlations are among all true/random pairs.
+    all_pairs = e4["true_vs_random_all_pairs"]
+    assert all(any(math.isclose(v, w) for w in all_pairs) for v in e4["true_vs_random"])
+    # Recompute one correlation from the stored profiles.
+    names = sorted(e4["profiles"])
+    t0 = [n for n in names if "-true-s0" in n][0]
+    r0 = [n for n in names if "-random-s0" in n][0]
+    r = np.corrcoef(e4["profiles"][t0], e4["profiles"][r0])[0, 1]
+    assert math.isclose(r, e4["true_vs_random"][0], abs_tol=1e-9)
+    e5 = _exp(tiny, 5)["details"]
+    for name, f in e5["fits"].items():
+        assert -1 <= f["correlation"] <= 1
+        assert len(f["curve"]) == 27 and math.isclose(max(f["curve"]), 1.0), name
+    # The fit maximises the correlation: it is at least that of the stored profile with its curve.
+    prof = e4["profiles"][t0]
+    fit_r = e5["fits"][t0]["correlation"]
+    assert fit_r >= np.corrcoef(prof, e5["fits"][t0]["curve"])[0, 1] - 1e-6
+    e8 = _exp(tiny, 8)["details"]
+    for tr in e8["trajectory"].values():
+        assert tr["steps"] == sorted(tr["steps"])
+        assert len(tr["steps"]) == len(tr["eta_t"]) == len(tr["correlation"])
+    e3 = _exp(tiny, 3)["details"]
+    assert len(e3["correlations"]) == len(sc.arch_seeds) ** 2
+
+
+def test_pretrained_experiment(tiny: Path) -> None:
+    e7 = _exp(tiny, 7)
+    if "skipped" in e7["details"]:
+        pytest.skip("pretrained_first_layers.npz not available")
+    models = e7["details"]["models"]
+    assert set(models) >= {"resnet18", "squeezenet1_1"}
+    for m in models.values():
+        k = m["shape"][-1]
+        assert len(m["profile"]) == 3 * k * k
+        assert -1 <= m["correlation"] <= 1
+    assert e7["details"]["natural_images"]
+
+
+def test_html_has_claims_table(tiny: Path) -> None:
+    page = (tiny / "index.html").read_text()
+    assert "id='claims'" in page
+    assert "href='#claims'" in page
+    for c in _claims(tiny):
+        assert f"<td>{c['id']}</td>" in page
+    report = json.loads((tiny / "report.json").read_text())
+    assert report["format"] == "firstlayer.report"
+    assert report["reproduce"]["scale"] == "tiny"
+    assert [c["id"] for c in report["reproduce"]["claims"]] == [c["id"] for c in _claims(tiny)]
+
+
+def test_rerun_reuses_experiments(tiny: Path) -> None:
+    before = {n: (tiny / "experiments" / f"e{n}.json").stat().st_mtime_ns for n in EXPERIMENTS}
+    res = reproduce(tiny, scale="tiny", only=[2, 6], quiet=True)
+    assert res.experiments[2]["reused"] is True
+    assert res.experiments[6]["reused"] is True
+    after = {n: (tiny / "experiments" / f"e{n}.json").stat().st_mtime_ns for n in EXPERIMENTS}
+    assert before == after
+    # Experiments not asked for are still in the report.
+    assert {c["experiment"] for c in res.claims} == set(EXPERIMENTS)
+    assert "1a" in format_claims(res.claims)
+
+
+def test_other_scale_in_same_folder_is_refused(tiny: Path) -> None:
+    with pytest.raises(FileExistsError, match="scale"):
+        reproduce(tiny, scale="small", only=6, quiet=True)
+
+
+def test_interrupted_run_needs_resume(tmp_path: Path) -> None:
+    out = tmp_path / "r"
+    sc = SCALES["tiny"]
+    run = out / "runs" / f"{sc.main_arch}-w{sc.main_width:g}-true-s{sc.seeds[0]}"
+    run.mkdir(parents=True)
+    (run / "config.json").write_text("{}")  # started, never finished
+    with pytest.raises(FileExistsError, match="resume"):
+        reproduce(out, scale="tiny", only=2, quiet=True)
+
+
+def test_only_experiment_six_trains_nothing(tmp_path: Path) -> None:
+    res = reproduce(tmp_path / "six", scale="tiny", only=6, quiet=True)
+    assert not (tmp_path / "six" / "runs").exists()
+    assert [c["experiment"] for c in res.claims] == [6, 6]
+    page = res.index.read_text()
+    assert "id='claims'" in page
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "exc", "text"),
+    [
+        ({"scale": "huge"}, ValueError, "scale: expected one of tiny, small, paper, got 'huge'"),
+        ({"only": 9}, ValueError, "only: expected experiment numbers among 1-8, got 9"),
+        ({"only": "4"}, TypeError, "only: expected"),
+        ({"device": "tpu"}, ValueError, "device: expected"),
+        ({"threads": 0}, ValueError, "threads: expected a positive integer, got 0"),
+    ],
+)
+def test_errors_name_the_argument(
+    tmp_path: Path, kwargs: dict[str, Any], exc: type[Exception], text: str
+) -> None:
+    with pytest.raises(exc, match=text.replace("(", r"\(").replace(")", r"\)")):
+        reproduce(tmp_path / "x", **{"scale": "tiny", **kwargs})
+
+
+def test_cli_usage_error_for_unknown_experiment(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["reproduce", "--scale", "tiny", "--only", "12"]) == 2
+    assert "--only" in capsys.readouterr().err
+
+
+def test_cli_help_lists_options(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["reproduce", "--help"]) == 0
+    text = capsys.readouterr().out
+    for opt in ("--scale", "--only", "--resume", "--out", "--data-root"):
+        assert opt in text
+
+
+def test_cli_json(tiny: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["reproduce", "--scale", "tiny", "--out", str(tiny), "--only", "6", "--json", "-q"])
+    assert code == 0
+    payload = json.loads(capsys.readouterr().out)
+    assert payload["claims"] == _claims(tiny)
+
+
+def test_add_arguments_parses() -> None:
+    import argparse
+
+    p = argparse.ArgumentParser()
+    add_reproduce_arguments(p)
+    a = p.parse_args(["--scale", "paper", "--only", "4", "--only", "5", "--resume"])
+    assert a.scale == "paper" and a.only == [4, 5] and a.resume
+
+
+def test_small_plan_fits_the_budget() -> None:
+    """The small scale's training epochs at the measured CPU speeds stay under 45 minutes."""
+    sc = SCALES["small"]
+    # Seconds per epoch of the 5,085 exact training images on 2 shared cores (measured).
+    per_epoch = {"small_cnn": 22.0, "vgg11_bn": 25.0, "resnet20": 45.0}
+    total = sc.epochs * (len(sc.seeds) + len(sc.first_widths)) * per_epoch[sc.main_arch]
+    total += sc.random_epochs * len(sc.seeds) * per_epoch[sc.main_arch]
+    total += sum(sc.arch_epochs * len(sc.arch_seeds) * per_epoch[a] for a, _ in sc.arch_pair)
+    assert total < 40 * 60
+
+
+def test_import_does_not_import_torch() -> None:
+    code = "import sys, firstlayer, firstlayer.reproduce; print('torch' in sys.modules)"
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO / "python"), env.get("PYTHONPATH", "")])
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True
+    )
+    assert out.stdout.strip() == "False"

@@ -7,6 +7,7 @@ same weights, metrics and snapshots as a run that was never interrupted.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import random
@@ -111,3 +112,70 @@ def test_training_killed_at_random_writes_resumes_to_the_same_run(
         pytest.fail("training never finished")
     _same_run(reference, out)
     print(f"seed {seed}: {kills} kills, resumed to the same run")
+
+
+_COMPARE = textwrap.dedent(
+    """
+    import os, signal, sys
+    kill_at, out = int(sys.argv[1]), sys.argv[2]
+    calls = {"n": 0}
+
+    def counted(real):
+        def move(a, b):
+            if os.path.dirname(os.path.abspath(b)) in (out, os.path.dirname(out)):
+                calls["n"] += 1
+                if calls["n"] == kill_at:
+                    os.kill(os.getpid(), signal.SIGKILL)
+            return real(a, b)
+        return move
+
+    os.replace, os.rename = counted(os.replace), counted(os.rename)
+    from firstlayer.cli import main
+    sys.exit(main(sys.argv[3:]))
+    """
+)
+
+
+def _compare(out: Path, kill_at: int, inputs: list[str], title: str) -> int:
+    args = ["compare", *inputs, "--dataset", "sample", "-q", "--out", str(out), "--title", title]
+    cmd = [sys.executable, "-c", _COMPARE, str(kill_at), str(out.resolve()), *args]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=_env())
+    assert proc.returncode in (0, -signal.SIGKILL), proc.stderr[-2000:]
+    return proc.returncode
+
+
+def _report_state(out: Path) -> str:
+    """'none', or the title of a consistent report; 'mixed' when its files disagree."""
+    if not (out / "index.html").exists():
+        return "none"
+    rep = json.loads((out / "report.json").read_text())
+    html = (out / "index.html").read_text()
+    csv = (out / "profiles.csv").read_text()
+    names = {m["name"] for m in rep["models"]} if isinstance(rep.get("models"), list) else set()
+    consistent = rep["title"] in html and all(n in csv for n in names)
+    for fig in rep["figures"]:  # index.html embeds each figure: the file must be that one
+        png = out / fig["file"]
+        consistent &= png.is_file() and base64.b64encode(png.read_bytes()).decode() in html
+    return rep["title"] if consistent else "mixed"
+
+
+@pytest.mark.parametrize("seed", range(max(1, ROUNDS // 2)))
+def test_compare_killed_at_a_random_rename_leaves_old_or_new_report(
+    tmp_path: Path, seed: int
+) -> None:
+    rng = np.random.default_rng(seed)
+    a, b = tmp_path / "a.npz", tmp_path / "b.npz"
+    np.savez(a, weight=rng.standard_normal((8, 3, 3, 3)).astype(np.float32))
+    np.savez(b, weight=rng.standard_normal((8, 3, 5, 5)).astype(np.float32))
+    out = tmp_path / "rep"
+    assert _compare(out, 0, [str(a), str(b)], "old report") == 0
+    assert _report_state(out) == "old report"
+    kill_at = random.Random(seed).randint(1, 12)
+    c = tmp_path / "c.npz"  # other weights: every shared figure changes
+    np.savez(c, weight=rng.standard_normal((8, 3, 3, 3)).astype(np.float32))
+    rc = _compare(out, kill_at, [str(c)], "new report")
+    state = _report_state(out)
+    if state == "mixed":
+        pytest.xfail(f"known bug 9 (report rewrite not atomic): mixed after kill at {kill_at}")
+    assert state in ("old report", "new report"), (state, rc)
+    print(f"seed {seed}: kill at rename {kill_at} (rc {rc}): {state}")

@@ -189,6 +189,34 @@ def test_interrupted_run_needs_resume(tmp_path: Path) -> None:
         reproduce(out, scale="tiny", only=2, quiet=True)
 
 
+def test_resume_continues_interrupted_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import firstlayer.reproduce as rp
+
+    out = tmp_path / "r"
+    sc = SCALES["tiny"]
+    names = [f"{sc.main_arch}-w{sc.main_width:g}-true-s{s}" for s in sc.seeds]
+    (out / "runs" / names[0]).mkdir(parents=True)
+    (out / "runs" / names[0] / "config.json").write_text("{}")
+    calls: list[tuple[str, bool]] = []
+
+    def fake(self: Any, run: Any, path: Path, *, resume: bool) -> None:
+        calls.append((run.name, resume))
+        rng = np.random.default_rng(run.seed)
+        w0 = rng.standard_normal((8, 3, 3, 3)).astype(np.float32)
+        path.mkdir(parents=True, exist_ok=True)
+        (path / "snapshots").mkdir(exist_ok=True)
+        np.save(path / "first_layer_init.npy", w0)
+        np.save(path / "first_layer_final.npy", w0 + rng.standard_normal(w0.shape).astype("f4"))
+        (path / "config.json").write_text("{}")
+        (path / "result.json").write_text("{}")
+
+    monkeypatch.setattr(rp._Context, "_run_training", fake)
+    monkeypatch.setattr(rp, "_write_report", lambda ctx, results, command: (out / "x", []))
+    reproduce(out, scale="tiny", only=2, resume=True, quiet=True)
+    assert sorted(calls) == sorted([(names[0], True), *[(n, False) for n in names[1:]]])
+    assert (out / "experiments" / "e2.json").is_file()
+
+
 def test_only_experiment_six_trains_nothing(tmp_path: Path) -> None:
     res = reproduce(tmp_path / "six", scale="tiny", only=6, quiet=True)
     assert not (tmp_path / "six" / "runs").exists()

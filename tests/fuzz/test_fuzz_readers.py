@@ -93,22 +93,20 @@ def _tmpfile(data: bytes) -> str:
     return name
 
 
-KNOWN_ZIP_BUG = pytest.mark.xfail(
-    raises=(RuntimeError, NotImplementedError),
-    strict=False,
-    reason="known bug: zipfile's RuntimeError/NotImplementedError escape the readers "
-    "(test_reliability.py::test_zip_entries_encrypted_or_oddly_compressed_are_value_errors)",
-)
+# Known bug 7 of docs/reliability.md: zipfile's RuntimeError (entry flagged encrypted) and
+# NotImplementedError (unknown compression) escape these readers. The contract is enforced by the
+# strict xfail test_reliability.py::test_zip_entries_encrypted_or_oddly_compressed_are_value_errors;
+# here they are tolerated so that the job keeps looking for anything else. Remove once fixed.
+KNOWN_ZIP_BUG = (RuntimeError, NotImplementedError)
 
 
-@KNOWN_ZIP_BUG
 @SETTINGS
 @given(data=st.one_of(st.binary(max_size=256), mutated(_seeds("stats"))))
 def test_stats_load_raises_only_value_or_file_errors(data: bytes) -> None:
     path = _tmpfile(data)
     try:
         s = PatchStats.load(path)
-    except (ValueError, FileNotFoundError):
+    except (ValueError, FileNotFoundError, *KNOWN_ZIP_BUG):
         return
     finally:
         os.unlink(path)
@@ -125,7 +123,6 @@ def checkpoint_seed(tmp_path_factory: pytest.TempPathFactory) -> bytes:
     return path.read_bytes()
 
 
-@KNOWN_ZIP_BUG
 @SETTINGS
 @given(data=st.data())
 def test_read_checkpoint_raises_only_value_errors(checkpoint_seed: bytes, data: st.DataObject):
@@ -133,7 +130,7 @@ def test_read_checkpoint_raises_only_value_errors(checkpoint_seed: bytes, data: 
     path = _tmpfile(blob)
     try:
         read_checkpoint(path)
-    except ValueError:
+    except (ValueError, *KNOWN_ZIP_BUG):
         pass
     finally:
         os.unlink(path)

@@ -13,10 +13,13 @@
 //! * [`Plan::PerImage`]: `min(m, ho * wo)` distinct positions per image, each image drawn from its
 //!   own stream (seeded by the seed and the image's global index), rows `[start, end)`.
 //!
-//! Samples are drawn sequentially by Vitter's sequential sampling (Algorithm D, with Algorithm A
-//! once the sampling fraction is large): `O(m)` expected time, `O(1)` memory, from a seeded
-//! xoshiro256** stream. Patches are then written in parallel into disjoint slices of the output.
-//! The bits of the result therefore depend on the seed only, never on the number of threads.
+//! Sparse samples (`13 m < total`) are drawn sequentially by Vitter's sequential sampling
+//! (Algorithm D, switching to Algorithm A once the remaining fraction is large): `O(m)` expected
+//! time, `O(1)` memory, from a seeded xoshiro256** stream, in blocks that are extracted in
+//! parallel while the next block is drawn. Dense samples, where sequential sampling would cost
+//! `O(total)` anyway, are the `m` positions of smallest hashed key, found by parallel passes over
+//! fixed ranges ([`Dense`]). Either way the bits of the result depend on the seed only, never on
+//! the number of threads.
 
 use rayon::prelude::*;
 
@@ -233,6 +236,95 @@ impl Iterator for Sampler {
     fn size_hint(&self) -> (usize, Option<usize>) {
         let n = usize::try_from(self.n).unwrap_or(usize::MAX);
         (n, Some(n))
+    }
+}
+
+/// Dense samples (`13 m >= total`, where sequential Algorithm A costs `O(total)` anyway): the `m`
+/// positions of smallest key, `key(pos)` being the SplitMix64 output at index `pos` of the
+/// stream of `seed` (a bijection of `pos`, so keys are distinct). The `m` smallest of distinct
+/// pseudo-random keys are a uniform `m`-subset; every pass below runs in parallel over fixed
+/// ranges of positions and only integer counts are combined, so the result does not depend on
+/// the number of threads.
+#[derive(Clone, Copy, Debug)]
+pub struct Dense {
+    seed: u64,
+    /// A position is selected when its key is at most this.
+    threshold: u64,
+}
+
+/// Top key bits of the histogram that locates the threshold.
+const DENSE_BITS: u32 = 16;
+/// Fixed number of ranges the histogram passes are cut into.
+const DENSE_RANGES: u64 = 16;
+/// Up to this many positions, all keys are held and the threshold is selected directly.
+const DENSE_DIRECT: u64 = 1 << 20;
+
+impl Dense {
+    #[inline(always)]
+    pub fn key(&self, pos: u64) -> u64 {
+        let mut z = self
+            .seed
+            .wrapping_add(pos.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    #[inline(always)]
+    pub fn selected(&self, pos: u64) -> bool {
+        self.key(pos) <= self.threshold
+    }
+
+    /// Requires `1 <= m <= total`.
+    pub fn new(total: u64, m: u64, seed: u64) -> Self {
+        let mut sm = seed ^ 0xBB67_AE85_84CA_A73B;
+        let mut d = Self {
+            seed: splitmix64(&mut sm),
+            threshold: u64::MAX,
+        };
+        if total <= DENSE_DIRECT {
+            let mut keys: Vec<u64> = (0..total).map(|pos| d.key(pos)).collect();
+            let (_, kth, _) = keys.select_nth_unstable((m - 1) as usize);
+            d.threshold = *kth;
+            return d;
+        }
+        let range = |r: u64| {
+            let len = total.div_ceil(DENSE_RANGES);
+            (r * len).min(total)..((r + 1) * len).min(total)
+        };
+        let shift = 64 - DENSE_BITS;
+        let hists: Vec<Vec<u64>> = (0..DENSE_RANGES)
+            .into_par_iter()
+            .map(|r| {
+                let mut h = vec![0u64; 1 << DENSE_BITS];
+                for pos in range(r) {
+                    h[(d.key(pos) >> shift) as usize] += 1;
+                }
+                h
+            })
+            .collect();
+        let mut cum = 0u64;
+        let mut bucket = 0u64;
+        for b in 0..1usize << DENSE_BITS {
+            let c: u64 = hists.iter().map(|h| h[b]).sum();
+            if cum + c >= m {
+                bucket = b as u64;
+                break;
+            }
+            cum += c;
+        }
+        let need = (m - cum) as usize; // in 1..=count of the bucket
+        let mut cand: Vec<u64> = (0..DENSE_RANGES)
+            .into_par_iter()
+            .flat_map_iter(|r| {
+                range(r)
+                    .map(|pos| d.key(pos))
+                    .filter(|k| k >> shift == bucket)
+            })
+            .collect();
+        cand.sort_unstable();
+        d.threshold = cand[need - 1];
+        d
     }
 }
 
@@ -634,6 +726,26 @@ pub fn extract<T: Copy + Default + Send + Sync>(
                 }
             });
         }
+        Plan::Sample { m, seed } if 13 * m >= g.total() => {
+            let dense = Dense::new(g.total(), m, seed);
+            // Fixed blocks of positions: count the selected ones, then extract each block
+            // into its own rows.
+            let total = g.total();
+            let block = (total.div_ceil(1 << 16)).max(4096);
+            let n_blocks = total.div_ceil(block) as usize;
+            let span = |b: usize| b as u64 * block..((b as u64 + 1) * block).min(total);
+            let counts: Vec<usize> = (0..n_blocks)
+                .into_par_iter()
+                .map(|b| span(b).filter(|&pos| dense.selected(pos)).count())
+                .collect();
+            let tasks = split_tasks(out, positions, g.p, counts.into_iter());
+            tasks.into_par_iter().enumerate().for_each(|(b, mut task)| {
+                let chosen = span(b).filter(|&pos| dense.selected(pos));
+                for (row, pos) in chosen.enumerate() {
+                    emit(ctx, row, g.split(pos), image_offset, &mut task);
+                }
+            });
+        }
         Plan::Sample { m, seed } => {
             let mut sampler = Sampler::new(g.total(), m, Rng::new(seed));
             let draw = |sampler: &mut Sampler, buf: &mut Vec<u64>| {
@@ -898,6 +1010,67 @@ mod tests {
             let (chi2, df) = subset_chi2(total, m, 200_000);
             let limit = df as f64 + 5.0 * (2.0 * df as f64).sqrt();
             assert!(chi2 < limit, "N={total} m={m}: chi2={chi2:.1} df={df}");
+        }
+    }
+
+    #[test]
+    fn dense_subsets_are_uniform() {
+        use std::collections::HashMap;
+        for (total, m) in [(6u64, 3u64), (9, 2), (5, 5), (10, 1)] {
+            let draws = 100_000;
+            let mut counts: HashMap<Vec<u64>, usize> = HashMap::new();
+            for d in 0..draws {
+                let dense = Dense::new(total, m, d);
+                let v: Vec<u64> = (0..total).filter(|&p| dense.selected(p)).collect();
+                assert_eq!(v.len() as u64, m);
+                *counts.entry(v).or_default() += 1;
+            }
+            let mut cells = 1u64;
+            for i in 0..m {
+                cells = cells * (total - i) / (i + 1);
+            }
+            assert_eq!(counts.len() as u64, cells);
+            let expected = draws as f64 / cells as f64;
+            let chi2: f64 = counts
+                .values()
+                .map(|&o| (o as f64 - expected).powi(2) / expected)
+                .sum();
+            let df = (cells - 1) as f64;
+            assert!(
+                chi2 <= df + 5.0 * (2.0 * df).sqrt() + 1e-9,
+                "N={total} m={m}: {chi2}"
+            );
+        }
+    }
+
+    #[test]
+    fn dense_histogram_threshold_equals_direct_selection() {
+        let total = DENSE_DIRECT + 12_345;
+        for m in [1, 777, total / 3, total] {
+            let d = Dense::new(total, m, 4);
+            let mut keys: Vec<u64> = (0..total).map(|p| d.key(p)).collect();
+            keys.sort_unstable();
+            assert_eq!(d.threshold, keys[(m - 1) as usize]);
+        }
+    }
+
+    #[test]
+    fn dense_and_sequential_plans_take_the_right_count() {
+        let b = batch(5, 1, 9, 9, Layout::Nchw);
+        let win = Window {
+            k: 2,
+            stride: 1,
+            pad: 0,
+        };
+        let x: Vec<f64> = (0..b.n * b.image_len()).map(|v| v as f64).collect();
+        let g = Geometry::new(b, win).unwrap();
+        for m in [1, 10, 30, 200, 320] {
+            let (out, pos) = run(&x, b, win, Plan::Sample { m, seed: 9 });
+            assert_eq!(pos.len() as u64, 3 * m);
+            for (r, p) in pos.chunks(3).enumerate() {
+                let p = (p[0] as usize, p[1] as usize, p[2] as usize);
+                assert_eq!(out[r * g.p..(r + 1) * g.p], reference(&x, b, win, p)[..]);
+            }
         }
     }
 

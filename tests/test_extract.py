@@ -156,11 +156,14 @@ def test_sampling_is_reproducible_and_seeded() -> None:
 
 _THREADS_SCRIPT = """
 import hashlib, json, numpy as np
-from firstlayer.extract import extract_patches
-x = np.random.default_rng(0).integers(0, 256, size=(200, 32, 32, 3), dtype=np.uint8)
-p, pos = extract_patches(x, 7, max_patches=100_000, seed=2024, return_positions=True)
-q = extract_patches(x, 3, stride=2, padding=1)
-h = hashlib.sha256(p.tobytes() + pos.tobytes() + q.tobytes()).hexdigest()
+from firstlayer.extract import extract_patches, iter_patches
+x = np.random.default_rng(0).integers(0, 256, size=(2000, 32, 32, 3), dtype=np.uint8)
+# 1,352,000 positions: 70,000 is a sparse sample (sequential, two blocks), 200,000 a dense one
+p, pos = extract_patches(x, 7, max_patches=70_000, seed=2024, return_positions=True)
+d, dpos = extract_patches(x, 7, max_patches=200_000, seed=7, return_positions=True)
+q = extract_patches(x[:200], 3, stride=2, padding=1)
+r = np.concatenate(list(iter_patches(x[:300], 5, max_patches_per_image=9, seed=1)))
+h = hashlib.sha256(b"".join(a.tobytes() for a in (p, pos, d, dpos, q, r))).hexdigest()
 from firstlayer import _core
 print(json.dumps({"hash": h, "threads": _core.num_threads()}))
 """
@@ -182,7 +185,7 @@ def test_sample_independent_of_thread_count() -> None:
     assert results[0]["hash"] == results[1]["hash"]
 
 
-@pytest.mark.parametrize("m", [8, 100])  # 8/256 < 1/13: Algorithm D; 100/256: Algorithm A
+@pytest.mark.parametrize("m", [8, 100])  # 8/256 < 1/13: sequential (Algorithm D); 100: dense
 def test_sampling_is_uniform(m: int) -> None:
     """Chi-square over the 256 positions; fails when p < 1e-4 (fixed seeds: deterministic)."""
     from scipy.stats import chi2

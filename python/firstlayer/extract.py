@@ -3,8 +3,9 @@
 :func:`extract_patches` turns a batch of images into a ``(n_patches, C*k*k)`` array whose rows are
 flattened in the order ``(c, i, j)``: the order of ``conv.weight.flatten(1)`` and of
 ``torch.nn.functional.unfold``. The Rust core writes the rows in parallel, straight into the
-output array (yours, with ``out=``), and draws samples sequentially from a seeded generator, so the
-result depends on the seed only, never on the number of threads.
+output array (yours, with ``out=``). Samples come from a seeded generator (Vitter's sequential
+sampling for sparse samples, the smallest hashed keys for dense ones), so the result depends on
+the seed only, never on the number of threads.
 
 :func:`iter_patches` streams the patches of any source (:func:`firstlayer.sources.open_source`)
 in chunks of ``batch_patches`` rows, optionally sampled per image: memory stays bounded by one

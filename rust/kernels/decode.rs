@@ -693,6 +693,12 @@ mod libjpeg {
         }
         for row in 0..8 {
             let d: [i64; 8] = std::array::from_fn(|c| ws[row * 8 + c]);
+            if d[1..].iter().all(|&v| v == 0) {
+                // libjpeg's zero-row shortcut (the same value the full pass gives).
+                let v = (descale(d[0], P1 + 3) + 128).clamp(0, 255) as u8;
+                out[row * stride..row * stride + 8].fill(v);
+                continue;
+            }
             let o = butterfly(d);
             for c in 0..8 {
                 let v = descale(o[c], CB + P1 + 3) + 128;
@@ -913,6 +919,7 @@ mod libjpeg {
                             pred[k] += bits.receive_extend(t);
                             coef[0] = pred[k] * q[0];
                             let mut z = 1;
+                            let mut any_ac = false;
                             while z < 64 {
                                 let rs = bits.decode(act)?;
                                 let (r, s) = (usize::from(rs >> 4), rs & 15);
@@ -929,12 +936,23 @@ mod libjpeg {
                                 }
                                 let zz = ZIGZAG[z];
                                 coef[zz] = bits.receive_extend(s) * q[zz];
+                                any_ac = true;
                                 z += 1;
                             }
                             let x0 = (mx * hs[k] + bx) * 8;
                             let y0 = (my * vs[k] + by) * 8;
                             let s = strides[k];
-                            idct_islow(&coef, &mut planes[k][y0 * s + x0..], s);
+                            let out = &mut planes[k][y0 * s + x0..];
+                            if any_ac {
+                                idct_islow(&coef, out, s);
+                            } else {
+                                // DC only: the IDCT is a constant, ((dc << 2) + 16) >> 5 + 128.
+                                let v = ((i64::from(coef[0]) * 4 + 16) >> 5) + 128;
+                                let v = v.clamp(0, 255) as u8;
+                                for r in 0..8 {
+                                    out[r * s..r * s + 8].fill(v);
+                                }
+                            }
                         }
                     }
                 }
@@ -1063,7 +1081,11 @@ mod libjpeg {
         let (w, h) = (p.width, p.height);
         if p.comps.len() == 1 {
             let y = upsample(&p, 0)?;
-            return Some((y.iter().flat_map(|&v| [v; 3]).collect(), h, w));
+            let mut rgb = vec![0u8; w * h * 3];
+            for (o, &v) in rgb.chunks_exact_mut(3).zip(&y) {
+                o.fill(v);
+            }
+            return Some((rgb, h, w));
         }
         if p.comps[0].h != p.hmax || p.comps[0].v != p.vmax {
             return None;
@@ -1086,12 +1108,12 @@ mod libjpeg {
             })
         });
         let clamp = |v: i32| v.clamp(0, 255) as u8;
-        let mut rgb = Vec::with_capacity(w * h * 3);
-        for ((&yv, &cbv), &crv) in y.iter().zip(&cb).zip(&cr) {
+        let mut rgb = vec![0u8; w * h * 3];
+        for (o, ((&yv, &cbv), &crv)) in rgb.chunks_exact_mut(3).zip(y.iter().zip(&cb).zip(&cr)) {
             let (yv, cbv, crv) = (i32::from(yv), usize::from(cbv), usize::from(crv));
-            rgb.push(clamp(yv + t[0][crv]));
-            rgb.push(clamp(yv + ((t[3][cbv] + t[2][crv]) >> 16)));
-            rgb.push(clamp(yv + t[1][cbv]));
+            o[0] = clamp(yv + t[0][crv]);
+            o[1] = clamp(yv + ((t[3][cbv] + t[2][crv]) >> 16));
+            o[2] = clamp(yv + t[1][cbv]);
         }
         Some((rgb, h, w))
     }

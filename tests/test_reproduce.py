@@ -26,6 +26,7 @@ from firstlayer.reproduce import (  # noqa: E402
     _holds,
     add_reproduce_arguments,
     format_claims,
+    plan,
     reproduce,
 )
 
@@ -272,13 +273,20 @@ def test_add_arguments_parses() -> None:
 
 def test_small_plan_fits_the_budget() -> None:
     """The small scale's training epochs at the measured CPU speeds stay under 45 minutes."""
-    sc = SCALES["small"]
-    # Seconds per epoch of the 5,085 exact training images on 2 shared cores (measured).
-    per_epoch = {"small_cnn": 22.0, "vgg11_bn": 25.0, "resnet20": 45.0}
-    total = sc.epochs * (len(sc.seeds) + len(sc.first_widths)) * per_epoch[sc.main_arch]
-    total += sc.random_epochs * len(sc.seeds) * per_epoch[sc.main_arch]
-    total += sum(sc.arch_epochs * len(sc.arch_seeds) * per_epoch[a] for a, _ in sc.arch_pair)
-    assert total < 40 * 60
+    p = plan("small")
+    assert len(p["runs"]) == 12
+    assert p["estimated_seconds"] is not None and p["estimated_seconds"] < 40 * 60
+    only3 = plan("small", 3)
+    assert all(n.startswith(("vgg11_bn", "resnet20")) for n in only3["runs"])
+    assert plan("small", 6)["runs"] == {}
+    assert plan("paper")["estimated_seconds"] is None
+
+
+def test_cli_plan_runs_nothing(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "p"
+    assert main(["reproduce", "--scale", "small", "--plan", "--out", str(out)]) == 0
+    assert "12 runs" in capsys.readouterr().out
+    assert not out.exists()
 
 
 def test_import_does_not_import_torch() -> None:

@@ -522,7 +522,7 @@ from firstlayer import _core, sources
 fast = _core.decode_images
 
 def decode(paths, **kw):
-    time.sleep(0.002 * len(paths))  # slow enough to be killed anywhere
+    time.sleep(0.004 * len(paths))  # slow enough to be killed anywhere
     return fast(paths, **kw)
 
 _core.decode_images = decode
@@ -556,7 +556,7 @@ def test_random_sigkills_of_a_folder_run_resume_to_the_same_statistics(tmp_path:
             if ckpt.exists() and ckpt.stat().st_mtime_ns != start:
                 break
             time.sleep(0.005)
-        time.sleep(chooser.uniform(0.0, 0.4))
+        time.sleep(chooser.uniform(0.0, 0.3))
         child.send_signal(signal.SIGKILL)
         out, err = child.communicate()
         if b"finished" in out or child.returncode != -signal.SIGKILL:

@@ -939,10 +939,11 @@ def _exp7(ctx: _Context) -> dict[str, Any]:
             "curve": f_.curve,
         }
     vals = [v["correlation"] for v in out.values()]
+    per_model = ", ".join(f"{k} {v['correlation']:.2f}" for k, v in out.items())
     claims = [
         _claim("7", 7, "The formula fits the first layers of pretrained ImageNet networks", 0.9,
                0.01, "Table 3, IMAGENET (5 models)", vals, "at_least", 0.05,
-               f"{len(vals)} models ({', '.join(out)}); raw weights (init unknown); patch "
+               f"{len(vals)} models ({per_model}); raw weights (init unknown); patch "
                f"statistics from {what}"),
     ]  # fmt: skip
     return {"claims": claims, "details": {"models": out, "natural_images": what}}

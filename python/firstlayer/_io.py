@@ -56,9 +56,22 @@ def load_npz(path: str | os.PathLike[str], kind: str, version: int) -> dict[str,
         raise FileNotFoundError(msg)
     try:
         # Open the file ourselves: np.load leaks its handle when the zip is damaged.
-        with open(path, "rb") as fh, np.load(fh, allow_pickle=False) as z:
-            data = {k: z[k] for k in z.files}
-    except (zipfile.BadZipFile, ValueError, OSError, EOFError) as e:
+        with open(path, "rb") as fh:
+            if not zipfile.is_zipfile(fh):
+                msg = f"{path}: not a readable {kind} file (truncated or corrupt: no zip directory)"
+                raise ValueError(msg)
+            fh.seek(0)
+            with np.load(fh, allow_pickle=False) as z:
+                data = {k: z[k] for k in z.files}
+    except (zipfile.BadZipFile, OSError, EOFError, RuntimeError, NotImplementedError) as e:
+        # RuntimeError / NotImplementedError: entries flagged encrypted or oddly compressed.
+        if isinstance(e, FileNotFoundError):
+            raise
+        msg = f"{path}: not a readable {kind} file (truncated or corrupt: {e})"
+        raise ValueError(msg) from e
+    except ValueError as e:
+        if str(e).startswith(str(path)):
+            raise
         msg = f"{path}: not a readable {kind} file (truncated or corrupt: {e})"
         raise ValueError(msg) from e
     found = str(data.pop("__format__", "")) if "__format__" in data else None

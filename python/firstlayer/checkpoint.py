@@ -128,7 +128,10 @@ def read_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
 
     target = Path(path)
     try:
-        with np.load(target, allow_pickle=False) as f:
+        # Open the file ourselves: np.load leaks its handle when the zip is damaged.
+        with open(target, "rb") as fh, np.load(fh, allow_pickle=False) as f:
+            if not isinstance(f, np.lib.npyio.NpzFile):
+                raise ValueError(f"checkpoint={str(target)!r} is not a firstlayer checkpoint")
             keys = set(f.files)
             need = {"checkpoint_version", "position", "fingerprint", "stats_npz"}
             if not need <= keys:
@@ -152,8 +155,13 @@ def read_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
                 )
             )
             payload = f["stats_npz"].tobytes()
-    except (zipfile.BadZipFile, OSError, EOFError) as exc:
+    except (zipfile.BadZipFile, OSError, EOFError, RuntimeError, NotImplementedError) as exc:
+        # RuntimeError / NotImplementedError: zip entries flagged encrypted or oddly compressed.
         if isinstance(exc, FileNotFoundError):
+            raise
+        raise ValueError(f"checkpoint={str(target)!r} cannot be read: {exc}") from exc
+    except ValueError as exc:
+        if str(target) in str(exc):
             raise
         raise ValueError(f"checkpoint={str(target)!r} cannot be read: {exc}") from exc
     folder = target.parent if str(target.parent) else Path(".")

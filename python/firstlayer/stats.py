@@ -22,6 +22,9 @@ from firstlayer._arrays import as_batch, as_labels, is_torch_tensor
 from firstlayer._io import load_npz, save_npz
 
 MAX_KERNEL_SIZE = 15
+#: Upper bounds that keep every size the core computes far from overflow and memory blow-ups.
+MAX_STRIDE = 2**31
+MAX_CLASSES = 2**20
 _FORMAT = "firstlayer.PatchStats"
 _VERSION = 1
 _METHODS = ("auto", "direct", "shifted")
@@ -139,9 +142,9 @@ class PatchStats:
     ) -> PatchStats:
         """Statistics of no patches, to be filled with :meth:`update` or ``+``."""
         k = _check_int("kernel_size", kernel_size, 1, MAX_KERNEL_SIZE)
-        _check_int("stride", stride, 1)
+        _check_int("stride", stride, 1, MAX_STRIDE)
         _check_int("padding", padding, 0, k - 1)
-        _check_int("channels", channels, 1)
+        _check_int("channels", channels, 1, 2**16)
         p = channels * k * k
         dtype = np.uint64 if exact else np.float64
         return cls(
@@ -198,6 +201,9 @@ class PatchStats:
         n_classes = 0
         if labels is not None:
             lab = as_labels(labels, arr.shape[0])
+            if int(lab.max()) >= MAX_CLASSES:
+                msg = f"labels: expected class indices below {MAX_CLASSES}, got {int(lab.max())}"
+                raise ValueError(msg)
             n_classes = max(int(lab.max()) + 1, len(self._class_counts))
         raw = _core.patch_moments(
             arr,
@@ -466,7 +472,7 @@ class PatchStats:
     def load(cls, path: str | os.PathLike[str]) -> PatchStats:
         """Read statistics written by :meth:`save`; damaged or foreign files raise ValueError."""
         z = load_npz(path, _FORMAT, _VERSION)
-        k, stride, padding, channels = (int(v) for v in z["window"])
+        k, stride, padding, channels = _validated(z, path)
         t = z["transform"]
         transform = None
         if len(t) > 1:
@@ -520,6 +526,53 @@ class PatchStats:
             f"padding={self.padding}, channels={self.channels}, dim={self.dim}, "
             f"images={self.n_images:,}, patches={self.count:,}, {kind}{extra})"
         )
+
+
+_FIELDS = {
+    "window": (4,),
+    "exact": (),
+    "count": (),
+    "n_images": (),
+    "sum": None,
+    "second_moment": None,
+    "class_counts": None,
+    "class_sums": None,
+    "transform": None,
+    "skipped": None,
+}
+
+
+def _validated(z: dict[str, np.ndarray], path: Any) -> tuple[int, int, int, int]:
+    """Check the fields of a loaded stats file (its checksum only proves it is unchanged)."""
+
+    def bad(why: str) -> ValueError:
+        return ValueError(f"{path}: not a valid firstlayer.PatchStats file ({why})")
+
+    missing = sorted(set(_FIELDS) - set(z))
+    if missing:
+        raise bad(f"missing fields {missing}")
+    for key, shape in _FIELDS.items():
+        if shape is not None and z[key].shape != shape:
+            raise bad(f"field {key!r} has shape {z[key].shape}, expected {shape}")
+    if not np.issubdtype(z["window"].dtype, np.integer):
+        raise bad(f"field 'window' has dtype {z['window'].dtype}")
+    k, stride, padding, channels = (int(v) for v in z["window"])
+    if not (
+        1 <= k <= MAX_KERNEL_SIZE
+        and 1 <= stride <= MAX_STRIDE
+        and 0 <= padding < k
+        and 1 <= channels <= 2**16
+    ):
+        raise bad(f"window (kernel_size, stride, padding, channels) = {z['window'].tolist()}")
+    p = channels * k * k
+    want = np.uint64 if bool(z["exact"]) else np.float64
+    for key, shape in (("sum", (p,)), ("second_moment", (p, p))):
+        if z[key].shape != shape or z[key].dtype != want:
+            raise bad(f"field {key!r} is {z[key].dtype}{z[key].shape}, expected {shape}")
+    n_classes = len(z["class_counts"])
+    if z["class_sums"].shape != (n_classes, p):
+        raise bad(f"field 'class_sums' has shape {z['class_sums'].shape}")
+    return k, stride, padding, channels
 
 
 def _readonly(a: np.ndarray) -> np.ndarray:
@@ -589,7 +642,7 @@ def patch_stats(
     9000
     """
     k = _check_int("kernel_size", kernel_size, 1, MAX_KERNEL_SIZE)
-    _check_int("stride", stride, 1)
+    _check_int("stride", stride, 1, MAX_STRIDE)
     _check_int("padding", padding, 0, k - 1)
     if isinstance(x, np.ndarray) or is_torch_tensor(x):
         if source_options:

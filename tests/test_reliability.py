@@ -577,17 +577,6 @@ train(**json.loads(sys.argv[1]))
 """
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a training run killed in its first 6 atomic writes (labels_*.npy, "
-    "first_layer_init.npy, snapshot 0, metrics.jsonl, config.json) leaves a folder that "
-    "resume=True refuses ('expected a new or empty directory ... holds other files') and "
-    "overwrite=True refuses too ('not a training run; not deleting it'): the user must delete "
-    "it by hand. Fix: write config.json first (so the folder is recognised as a run), or let "
-    "RunDir.prepare(resume=True) start afresh when the folder holds only files a run writes "
-    "before config.json (labels_*.npy, first_layer_init.npy, snapshots/step_000000000.npy, "
-    "metrics.jsonl, hidden *.tmp).",
-)
 def test_training_killed_before_its_first_checkpoint_can_be_resumed(tmp_path: Path) -> None:
     from firstlayer.train import train
 

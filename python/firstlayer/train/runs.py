@@ -53,6 +53,21 @@ def dumps(obj: Any, *, indent: int | None = None) -> str:
     return json.dumps(obj, indent=indent, default=_json_default, sort_keys=indent is not None)
 
 
+def _interrupted_start(p: Path) -> bool:
+    """True when ``p`` holds only what a run writes before ``config.json`` (and something)."""
+    entries = list(p.iterdir())
+    for x in entries:
+        ours = (
+            (x.name == SNAPSHOTS and x.is_dir())
+            or (x.name.startswith(".") and x.name.endswith(".tmp"))
+            or x.name in ("first_layer_init.npy", METRICS)
+            or (x.name.startswith("labels_") and x.name.endswith(".npy"))
+        )
+        if not ours:
+            return False
+    return bool(entries) and not (p / CONFIG).exists()
+
+
 class RunDir:
     """A run directory.
 
@@ -103,6 +118,10 @@ class RunDir:
                 "overwrite=True to start again"
             )
             raise FileExistsError(msg)
+        if p.exists() and _interrupted_start(p):
+            # A run killed before it wrote config.json: nothing of it can be resumed, and
+            # everything in the folder is ours, so start again.
+            shutil.rmtree(p)
         if p.exists() and any(x.name != SNAPSHOTS for x in p.iterdir()):
             msg = f"out: expected a new or empty directory, {str(p)!r} holds other files"
             raise FileExistsError(msg)

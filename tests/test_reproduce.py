@@ -19,6 +19,7 @@ import pytest
 
 pytest.importorskip("torch")
 
+import firstlayer  # noqa: E402
 from firstlayer.cli import main  # noqa: E402
 from firstlayer.reproduce import (  # noqa: E402
     EXPERIMENTS,
@@ -30,7 +31,6 @@ from firstlayer.reproduce import (  # noqa: E402
     reproduce,
 )
 
-REPO = Path(__file__).resolve().parent.parent
 REQUIRED = ("id", "claim", "paper", "measured", "spread", "holds")
 
 
@@ -292,7 +292,9 @@ def test_cli_plan_runs_nothing(tmp_path: Path, capsys: pytest.CaptureFixture[str
 def test_import_does_not_import_torch() -> None:
     code = "import sys, firstlayer, firstlayer.reproduce; print('torch' in sys.modules)"
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO / "python"), env.get("PYTHONPATH", "")])
+    # The same firstlayer as this process (installed or editable), not the bare source tree.
+    here = str(Path(firstlayer.__file__).resolve().parent.parent)
+    env["PYTHONPATH"] = os.pathsep.join([here, env.get("PYTHONPATH", "")])
     out = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True
     )

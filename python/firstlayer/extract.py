@@ -22,22 +22,12 @@ import numpy as np
 
 from firstlayer import _core
 from firstlayer._arrays import as_batch, as_numpy, is_torch_tensor
+from firstlayer._arrays import check_int as _int
 
 MAX_KERNEL_SIZE = 64
 _U64_MAX = (1 << 64) - 1
 
 __all__ = ["extract_patches", "iter_patches", "patch_grid"]
-
-
-def _int(name: str, value: Any, lo: int, hi: int | None = None) -> int:
-    if isinstance(value, bool) or not isinstance(value, int | np.integer):
-        msg = f"{name}: expected an integer, got {type(value).__name__} {value!r}"
-        raise TypeError(msg)
-    if value < lo or (hi is not None and value > hi):
-        rng = f"[{lo}, {hi}]" if hi is not None else f">= {lo}"
-        msg = f"{name}: expected an integer in {rng}, got {value}"
-        raise ValueError(msg)
-    return int(value)
 
 
 def _seed(seed: Any) -> int:

@@ -19,6 +19,7 @@ import numpy as np
 
 from firstlayer import _core
 from firstlayer._arrays import as_batch, as_labels, is_torch_tensor
+from firstlayer._arrays import check_int as _check_int
 from firstlayer._io import load_npz, save_npz
 
 MAX_KERNEL_SIZE = 15
@@ -47,17 +48,6 @@ class PCA:
 
     eigenvalues: np.ndarray
     components: np.ndarray
-
-
-def _check_int(name: str, value: Any, lo: int, hi: int | None = None) -> int:
-    if isinstance(value, bool) or not isinstance(value, int | np.integer):
-        msg = f"{name}: expected an integer, got {type(value).__name__} {value!r}"
-        raise TypeError(msg)
-    if value < lo or (hi is not None and value > hi):
-        rng = f"[{lo}, {hi}]" if hi is not None else f">= {lo}"
-        msg = f"{name}: expected an integer in {rng}, got {value}"
-        raise ValueError(msg)
-    return int(value)
 
 
 def _per_channel(name: str, value: Any, channels: int) -> np.ndarray:

@@ -544,7 +544,8 @@ _CHILD = textwrap.dedent(
         return slow(path, opts)
 
     sources._decode_or_reason = decode
-    sources.stream_stats(sys.argv[1], kernel_size=5, batch_size=50, workers=2,
+    # decoder="pillow": the slowed-down path above (the Rust decoder would finish too soon).
+    sources.stream_stats(sys.argv[1], kernel_size=5, batch_size=50, workers=2, decoder="pillow",
                          checkpoint=sys.argv[2], checkpoint_every=100, quiet=True)
     print("finished")
     """

@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 import numpy as np
 
 from firstlayer import sources
+from firstlayer._arrays import check_int
 from firstlayer.stats import MAX_KERNEL_SIZE, PatchStats
 
 if TYPE_CHECKING:
@@ -693,13 +694,7 @@ def run_shards(
         ("padding", padding, 0, None),
         ("retries", retries, 0, None),
     ):
-        if isinstance(value, bool) or not isinstance(value, int | np.integer):
-            msg = f"{name}: expected an integer, got {type(value).__name__} {value!r}"
-            raise TypeError(msg)
-        if value < lo or (hi is not None and value > hi):
-            rng = f"[{lo}, {hi}]" if hi is not None else f">= {lo}"
-            msg = f"{name}: expected an integer in {rng}, got {value}"
-            raise ValueError(msg)
+        check_int(name, value, lo, hi)
     if method not in ("auto", "direct", "shifted"):
         msg = f"method: expected 'auto', 'direct' or 'shifted', got {method!r}"
         raise ValueError(msg)

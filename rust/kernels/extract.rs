@@ -577,17 +577,11 @@ fn nhwc_inside<T: Copy, const C: usize>(
     x0: usize,
     dst: &mut [T],
 ) {
-    let kk = k * k;
-    for di in 0..k {
-        let run = &img[((y0 + di) * w + x0) * C..][..k * C];
-        for (dj, px) in run.chunks_exact(C).enumerate() {
-            for (ch, &v) in px.iter().enumerate() {
-                dst[ch * kk + di * k + dj] = v;
-            }
-        }
-    }
+    // The same loop with the channel count known at compile time.
+    nhwc_inside_dyn(img, C, w, k, y0, x0, dst);
 }
 
+#[inline(always)]
 fn nhwc_inside_dyn<T: Copy>(
     img: &[T],
     c: usize,

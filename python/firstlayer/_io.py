@@ -48,9 +48,17 @@ def save_npz(path: str | os.PathLike[str], kind: str, version: int, **arrays: np
     return path
 
 
-def load_npz(path: str | os.PathLike[str], kind: str, version: int) -> dict[str, np.ndarray]:
-    """Read a file written by :func:`save_npz`, checking its format, version and checksum."""
+def read_npz(path: str | os.PathLike[str], what: str) -> dict[str, np.ndarray]:
+    """All arrays of the ``.npz`` file ``path``; any unreadable file is a ``ValueError``.
+
+    Object (pickled) arrays are refused without numpy's hint to load them with
+    ``allow_pickle=True``: the files this reads come from other people, and unpickling runs code.
+    ``what`` names the expected kind of file in the messages.
+    """
     path = Path(path)
+    if path.is_dir():
+        msg = f"{path}: not a readable {what} file (it is a folder)"
+        raise ValueError(msg)
     if not path.is_file():
         msg = f"path: no such file: {path}"
         raise FileNotFoundError(msg)
@@ -58,35 +66,54 @@ def load_npz(path: str | os.PathLike[str], kind: str, version: int) -> dict[str,
         # Open the file ourselves: np.load leaks its handle when the zip is damaged.
         with open(path, "rb") as fh:
             if not zipfile.is_zipfile(fh):
-                msg = f"{path}: not a readable {kind} file (truncated or corrupt: no zip directory)"
+                msg = f"{path}: not a readable {what} file (truncated or corrupt: no zip directory)"
                 raise ValueError(msg)
             fh.seek(0)
             with np.load(fh, allow_pickle=False) as z:
-                data = {k: z[k] for k in z.files}
+                return {k: z[k] for k in z.files}
     except (zipfile.BadZipFile, OSError, EOFError, RuntimeError, NotImplementedError) as e:
         # RuntimeError / NotImplementedError: entries flagged encrypted or oddly compressed.
         if isinstance(e, FileNotFoundError):
             raise
-        msg = f"{path}: not a readable {kind} file (truncated or corrupt: {e})"
+        msg = f"{path}: not a readable {what} file (truncated or corrupt: {e})"
         raise ValueError(msg) from e
     except ValueError as e:
         if str(e).startswith(str(path)):
             raise
-        msg = f"{path}: not a readable {kind} file (truncated or corrupt: {e})"
+        if "pickle" in str(e):
+            why = "it holds pickled (object) arrays, which firstlayer never unpickles"
+        else:
+            why = f"truncated or corrupt: {e}"
+        msg = f"{path}: not a readable {what} file ({why})"
         raise ValueError(msg) from e
+
+
+def load_npz(
+    path: str | os.PathLike[str], kind: str, version: int | tuple[int, ...]
+) -> dict[str, np.ndarray]:
+    """Read a file written by :func:`save_npz`, checking its format, version and checksum.
+
+    ``version`` is the version, or the versions, this reader understands; the one found is
+    returned under ``"__version__"``.
+    """
+    path = Path(path)
+    data = read_npz(path, kind)
     found = str(data.pop("__format__", "")) if "__format__" in data else None
     if found != kind:
         msg = f"{path}: expected a {kind} file, got {found or 'an npz file without a format tag'}"
         raise ValueError(msg)
+    accepted = (version,) if isinstance(version, int) else version
     got_version = int(data.pop("__version__"))
-    if got_version != version:
-        msg = f"{path}: {kind} format version {got_version} is not supported (expected {version})"
+    if got_version not in accepted:
+        want = " or ".join(str(v) for v in accepted)
+        msg = f"{path}: {kind} format version {got_version} is not supported (expected {want})"
         raise ValueError(msg)
     checksum = str(data.pop("__sha256__", ""))
     check = dict(data)
     check["__format__"] = np.array(kind)
-    check["__version__"] = np.array(version)
+    check["__version__"] = np.array(got_version)
     if checksum != _digest(check):
         msg = f"{path}: checksum mismatch: the file was modified or damaged after it was written"
         raise ValueError(msg)
+    data["__version__"] = np.array(got_version)
     return data

@@ -14,12 +14,13 @@ import contextlib
 import io
 import os
 import tempfile
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
+
+from ._io import read_npz
 
 if TYPE_CHECKING:
     from .stats import PatchStats
@@ -127,40 +128,31 @@ def read_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
     from .stats import PatchStats
 
     target = Path(path)
+    f = read_npz(target, "firstlayer checkpoint")
+    need = {"checkpoint_version", "position", "fingerprint", "stats_npz"}
+    if not need <= set(f):
+        raise ValueError(
+            f"checkpoint={str(target)!r} is not a firstlayer checkpoint "
+            f"(keys {sorted(f)}, expected {sorted(need)})"
+        )
     try:
-        # Open the file ourselves: np.load leaks its handle when the zip is damaged.
-        with open(target, "rb") as fh, np.load(fh, allow_pickle=False) as f:
-            if not isinstance(f, np.lib.npyio.NpzFile):
-                raise ValueError(f"checkpoint={str(target)!r} is not a firstlayer checkpoint")
-            keys = set(f.files)
-            need = {"checkpoint_version", "position", "fingerprint", "stats_npz"}
-            if not need <= keys:
-                raise ValueError(
-                    f"checkpoint={str(target)!r} is not a firstlayer checkpoint "
-                    f"(keys {sorted(keys)}, expected {sorted(need)})"
-                )
-            version = int(f["checkpoint_version"])
-            if version > CHECKPOINT_VERSION:
-                raise ValueError(
-                    f"checkpoint={str(target)!r} has version {version}; this firstlayer reads "
-                    f"up to {CHECKPOINT_VERSION}"
-                )
-            position = int(f["position"])
-            fingerprint = str(f["fingerprint"])
-            skipped = list(
-                zip(
-                    (str(p) for p in f["skipped_paths"]),
-                    (str(r) for r in f["skipped_reasons"]),
-                    strict=True,
-                )
+        version = int(f["checkpoint_version"])
+        if version > CHECKPOINT_VERSION:
+            raise ValueError(
+                f"checkpoint={str(target)!r} has version {version}; this firstlayer reads "
+                f"up to {CHECKPOINT_VERSION}"
             )
-            payload = f["stats_npz"].tobytes()
-    except (zipfile.BadZipFile, OSError, EOFError, RuntimeError, NotImplementedError) as exc:
-        # RuntimeError / NotImplementedError: zip entries flagged encrypted or oddly compressed.
-        if isinstance(exc, FileNotFoundError):
-            raise
-        raise ValueError(f"checkpoint={str(target)!r} cannot be read: {exc}") from exc
-    except ValueError as exc:
+        position = int(f["position"])
+        fingerprint = str(f["fingerprint"])
+        skipped = list(
+            zip(
+                (str(p) for p in f.get("skipped_paths", ())),
+                (str(r) for r in f.get("skipped_reasons", ())),
+                strict=True,
+            )
+        )
+        payload = f["stats_npz"].tobytes()
+    except (TypeError, ValueError) as exc:
         if str(target) in str(exc):
             raise
         raise ValueError(f"checkpoint={str(target)!r} cannot be read: {exc}") from exc

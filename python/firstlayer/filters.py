@@ -20,6 +20,8 @@ from typing import Any
 
 import numpy as np
 
+from ._io import read_npz
+
 __all__ = ["FirstLayer", "first_layer"]
 
 # Keys under which checkpoints nest their state dict (plain training scripts, Lightning, timm).
@@ -419,8 +421,7 @@ def _from_file(
     path: Path, *, name: str | None, arch: str | None, example_input: Any, input_size: int
 ) -> FirstLayer:
     if path.suffix == ".npz":
-        with np.load(path, allow_pickle=False) as data:
-            arrays = {k: data[k] for k in data.files}
+        arrays = read_npz(path, "weights .npz")
         if name is None and len(arrays) > 1:
             msg = f"name: {path.name} holds several arrays, pick one of {sorted(arrays)}"
             raise ValueError(msg)

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import csv
 import datetime as _dt
+import errno
 import io
 import json
 import os
 import platform
 import re
+import secrets
 import shutil
 import sys
-import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from importlib import metadata
@@ -211,44 +212,187 @@ def _profiles_csv(report: dict[str, Any]) -> str:
     return buf.getvalue()
 
 
-def _write_folder(out: Path, files: dict[str, bytes]) -> None:
-    """Write ``files`` into ``out`` so that readers never see a half-written report.
+def _backup_of(out: Path) -> Path:
+    return out.with_name(f".{out.name}.old")
 
-    Everything is written and flushed in a staging folder beside ``out`` first. A new ``out`` is
-    then one rename; an existing one has each file replaced by rename, ``index.html`` last, and
-    the figures of a previous report that the new one does not have removed.
+
+def _fsync_dir(path: Path) -> None:
+    # Makes the renames durable; some platforms cannot open or fsync a folder.
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths in one step (Linux ``renameat2``); False where that is not available."""
+    if not sys.platform.startswith("linux"):
+        return False
+    import ctypes
+
+    try:
+        fn = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):
+        return False
+    fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    at_fdcwd, rename_exchange = -100, 2
+    if fn(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+        return True
+    err = ctypes.get_errno()
+    # Old kernels, filesystems without the flag and sandboxes refusing the call: use renames.
+    if err in (errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EPERM):
+        return False
+    raise OSError(err, os.strerror(err), str(a), None, str(b))
+
+
+def _recover(out: Path) -> None:
+    """Undo or finish a folder swap of :func:`_write_folder` that was killed half-way."""
+    backup = _backup_of(out)
+    if not os.path.lexists(backup):
+        return
+    if not os.path.lexists(out):
+        # Killed between ``out -> backup`` and ``stage -> out``: the backup is the whole old one.
+        os.rename(backup, out)
+        _fsync_dir(out.parent)
+        return
+    # Killed after the swap, while removing the old folder. Every entry of it that was not the
+    # old report was carried into ``out``; if one is missing, ``out`` is not what the swap made
+    # (say it was created anew), and the backup may hold the user's only copy: keep it.
+    ours = _report_names(backup)
+    missing = [
+        p.name for p in backup.iterdir() if p.name not in ours and not os.path.lexists(out / p.name)
+    ]
+    if missing:
+        msg = (
+            f"out: {out} and {backup.name}, the previous folder kept by an interrupted report "
+            f"write, both exist and only the latter has {sorted(missing)[:5]}; move what you "
+            f"need out of {backup} and delete it"
+        )
+        raise FileExistsError(msg)
+    shutil.rmtree(backup)
+
+
+def _report_names(folder: Path) -> set[str]:
+    """The entries of ``folder`` that :func:`build_report` wrote: pages, data and figures."""
+    names = {"index.html", "report.json", "profiles.csv"}
+    try:
+        prev = json.loads((folder / "report.json").read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return names
+    figs = prev.get("figures") if isinstance(prev, dict) else None
+    for f in figs if isinstance(figs, list) else []:
+        name = f.get("file") if isinstance(f, dict) else None
+        # Only plain PNG names: a damaged or foreign report.json cannot claim the user's files.
+        if isinstance(name, str) and name.endswith(".png") and name == Path(name).name:
+            names.add(name)
+    return names
+
+
+def _remove_old(folder: Path) -> None:
+    # report.json last: while it is there, _recover can tell old figures from the user's files.
+    for entry in folder.iterdir():
+        if entry.name == "report.json":
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
+    (folder / "report.json").unlink(missing_ok=True)
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def _link_or_copy(src: str, dst: str) -> str:
+    try:
+        os.link(src, dst, follow_symlinks=False)
+    except OSError:  # no hard links here (or another device mounted below): a durable copy
+        shutil.copy2(src, dst, follow_symlinks=False)
+        if not os.path.islink(dst):
+            with open(dst, "rb") as f:
+                os.fsync(f.fileno())
+    return dst
+
+
+def _carry(src: Path, dst: Path) -> None:
+    """Put the user's entry ``src`` at ``dst``, sharing its data by hard links where possible."""
+    if src.is_symlink():
+        os.symlink(os.readlink(src), dst)
+    elif src.is_dir():
+        shutil.copytree(src, dst, symlinks=True, copy_function=_link_or_copy)
+    else:
+        _link_or_copy(str(src), str(dst))
+
+
+def _new_stage(out: Path) -> Path:
+    # Not tempfile.mkdtemp: its 0700 mode would become the report folder's.
+    for _ in range(100):
+        stage = out.with_name(f".{out.name}.{secrets.token_hex(4)}.tmp")
+        try:
+            os.mkdir(stage, 0o777)
+        except FileExistsError:
+            continue
+        return stage
+    msg = f"out: no free name for a staging folder beside {out}"
+    raise FileExistsError(msg)
+
+
+def _write_folder(out: Path, files: dict[str, bytes]) -> None:
+    """Write ``files`` as the report in ``out``; readers see the old report or the new, never a mix.
+
+    A full new folder is staged beside ``out``: ``files`` plus hard links to (or copies of)
+    every other entry of ``out`` that is not a file of the old report, so old figures go and the
+    user's files stay. The folders are then swapped in one step (Linux ``renameat2``) or by two
+    renames through ``.<name>.old``; a write killed between those is undone by the next one.
     """
     out = out.resolve()
     out.parent.mkdir(parents=True, exist_ok=True)
-    stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    _recover(out)
+    exists = os.path.lexists(out)
+    if exists and not out.is_dir():
+        msg = f"out: {out} exists and is not a folder"
+        raise FileExistsError(msg)
+    stage = _new_stage(out)
     try:
         for name, payload in files.items():
             with open(stage / name, "wb") as f:
                 f.write(payload)
                 f.flush()
                 os.fsync(f.fileno())
-        if not out.exists():
+        if not exists:
+            _fsync_dir(stage)
             os.rename(stage, out)
+            _fsync_dir(out.parent)
             return
-        if not out.is_dir():
-            msg = f"out: {out} exists and is not a folder"
-            raise FileExistsError(msg)
-        old: list[str] = []
-        with_json = out / "report.json"
-        if with_json.is_file():
-            try:
-                prev = json.loads(with_json.read_text())
-                old = [f["file"] for f in prev.get("figures", []) if isinstance(f, dict)]
-            except (json.JSONDecodeError, OSError, TypeError, KeyError):
-                old = []
-        order = sorted(files, key=lambda n: (n == "index.html", n == "report.json", n))
-        for name in order:
-            os.replace(stage / name, out / name)
-        for name in old:
-            if name not in files and "/" not in name and name.endswith(".png"):
-                (out / name).unlink(missing_ok=True)
+        shutil.copymode(out, stage)
+        ours = _report_names(out)
+        for entry in sorted(out.iterdir()):
+            if entry.name in files:
+                if entry.is_dir() and not entry.is_symlink():
+                    msg = f"out: {entry} is a folder; the report needs that name for a file"
+                    raise IsADirectoryError(msg)
+            elif entry.name not in ours:
+                _carry(entry, stage / entry.name)
+        _fsync_dir(stage)
+        if _exchange(stage, out):
+            _fsync_dir(out.parent)  # the old folder is now at ``stage``, removed below
+            return
+        backup = _backup_of(out)
+        os.rename(out, backup)
+        try:
+            os.rename(stage, out)
+        except BaseException:
+            os.rename(backup, out)
+            raise
+        _fsync_dir(out.parent)
+        _remove_old(backup)
     finally:
-        shutil.rmtree(stage, ignore_errors=True)
+        if os.path.lexists(stage):
+            shutil.rmtree(stage, ignore_errors=True)
 
 
 def build_report(

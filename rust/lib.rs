@@ -110,7 +110,7 @@ fn moments_dict<'py, T: numpy::Element + Copy>(
 /// Raw patch moments of a C-contiguous 4-D batch: a dict with `count`, `sum`, `second_moment`,
 /// `class_counts`, `class_sums` and `exact` (uint64 sums for uint8 input, float64 otherwise).
 #[pyfunction]
-#[pyo3(signature = (x, *, layout, kernel_size, stride = 1, padding = 0, labels = None, n_classes = 0, method = "auto"))]
+#[pyo3(signature = (x, *, layout, kernel_size, stride = 1, padding = 0, labels = None, n_classes = 0, method = "auto", shift = None))]
 #[allow(clippy::too_many_arguments)]
 fn patch_moments<'py>(
     py: Python<'py>,
@@ -122,7 +122,9 @@ fn patch_moments<'py>(
     labels: Option<PyReadonlyArray1<'py, i64>>,
     n_classes: usize,
     method: &str,
+    shift: Option<Vec<f64>>,
 ) -> PyResult<Bound<'py, PyDict>> {
+    let shift = shift.unwrap_or_default();
     let win = Window {
         k: kernel_size,
         stride,
@@ -153,22 +155,23 @@ fn patch_moments<'py>(
         labels: Option<&[i64]>,
         n_classes: usize,
         method: Method,
+        shift: &[f64],
     ) -> PyResult<Moments<<T::Acc as moments::Accum>::Total>> {
         let b = batch(a.shape(), layout)?;
         let x = contiguous(a, "x")?;
-        Ok(py.detach(|| moments::patch_moments(x, b, win, labels, n_classes, method))?)
+        Ok(py.detach(|| moments::patch_moments(x, b, win, labels, n_classes, method, shift))?)
     }
     match images(x)? {
         Images::U8(a) => {
-            let m = run(py, &a, layout, win, labels_slice, n_classes, method)?;
+            let m = run(py, &a, layout, win, labels_slice, n_classes, method, &shift)?;
             moments_dict(py, m, true)
         }
         Images::F32(a) => {
-            let m = run(py, &a, layout, win, labels_slice, n_classes, method)?;
+            let m = run(py, &a, layout, win, labels_slice, n_classes, method, &shift)?;
             moments_dict(py, m, false)
         }
         Images::F64(a) => {
-            let m = run(py, &a, layout, win, labels_slice, n_classes, method)?;
+            let m = run(py, &a, layout, win, labels_slice, n_classes, method, &shift)?;
             moments_dict(py, m, false)
         }
     }

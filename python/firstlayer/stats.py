@@ -4,11 +4,14 @@ Data flows one way: a source yields batches, the Rust core turns each batch into
 (count, sum, ``sum p p^T``, per-class counts and sums), and ``PatchStats`` accumulates them.
 Everything else (mean, covariance, PCA, ZCA, normalisation, spectra) is derived from the raw
 moments. For ``uint8`` images the raw moments are exact integers, so a ``PatchStats`` is the same
-to the last bit however the data was batched, threaded, sharded or merged.
+to the last bit however the data was batched, threaded, sharded or merged. Float images are
+accumulated about a shift near their mean (the first image's channel means): raw moments of
+pixels like ``1e4 +- 1e-3`` would lose the covariance to cancellation.
 """
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -27,7 +30,8 @@ MAX_KERNEL_SIZE = 15
 MAX_STRIDE = 2**31
 MAX_CLASSES = 2**20
 _FORMAT = "firstlayer.PatchStats"
-_VERSION = 1
+#: Version 2 added the float shift; version 1 files (no shift) are still read.
+_VERSION = 2
 _METHODS = ("auto", "direct", "shifted")
 _U64_MAX = np.iinfo(np.uint64).max
 
@@ -99,6 +103,7 @@ class PatchStats:
         class_sums: np.ndarray | None = None,
         transform: dict[str, Any] | None = None,
         skipped: Sequence[str] = (),
+        shift: np.ndarray | None = None,
     ) -> None:
         self.kernel_size = kernel_size
         self.stride = stride
@@ -116,6 +121,12 @@ class PatchStats:
             class_sums = np.zeros((0, p), dtype)
         self._class_counts = np.asarray(class_counts, dtype=np.uint64)
         self._class_sums = np.asarray(class_sums, dtype=dtype).reshape(-1, p)
+        # Float moments are about this point (sum (x - shift), sum (x - shift)(x - shift)^T):
+        # the covariance then loses eps * |mean - shift|^2 / var, not eps * |mean|^2 / var.
+        self._shift = np.zeros(p) if shift is None else np.asarray(shift, np.float64).reshape(p)
+        if exact and self._shift.any():
+            msg = "shift: exact (uint8) statistics are raw integer sums and take no shift"
+            raise ValueError(msg)
         self.transform = transform
         self.skipped: list[str] = list(skipped)
 
@@ -187,6 +198,19 @@ class PatchStats:
         if method not in _METHODS:
             msg = f"method: expected one of {_METHODS}, got {method!r}"
             raise ValueError(msg)
+        kk = self.kernel_size**2
+        shift = None
+        if not self.exact:
+            if self.count == 0:
+                # The first image's channel means, correctly rounded (fsum): the same bits for
+                # either layout, and near the data wherever the data sits.
+                first = arr[0] if lay == "NCHW" else np.moveaxis(arr[0], -1, 0)
+                if np.all(np.isfinite(first)):
+                    shift = np.array([math.fsum(ch.ravel().tolist()) / ch.size for ch in first])
+                else:
+                    shift = np.zeros(channels)  # the core names the NaN/Inf image
+            else:
+                shift = self._shift.reshape(channels, kk).mean(axis=1)
         lab = None
         n_classes = 0
         if labels is not None:
@@ -204,6 +228,7 @@ class PatchStats:
             labels=lab,
             n_classes=n_classes,
             method=method,
+            shift=None if shift is None else shift.tolist(),
         )
         self._add_raw(
             raw["count"],
@@ -212,6 +237,7 @@ class PatchStats:
             raw["second_moment"],
             raw["class_counts"] if lab is not None else None,
             raw["class_sums"] if lab is not None else None,
+            None if shift is None else np.repeat(shift, kk),
         )
         return self
 
@@ -223,7 +249,19 @@ class PatchStats:
         m: np.ndarray,
         class_counts: np.ndarray | None,
         class_sums: np.ndarray | None,
+        shift: np.ndarray | None = None,
     ) -> None:
+        """Add moments taken about ``shift`` (float statistics) to these."""
+        if shift is not None and not np.array_equal(shift, self._shift):
+            if self.count == 0:
+                self._shift = shift.copy()
+            else:
+                # Re-centre onto our shift: x - t = (x - s) + delta with delta = s - t.
+                delta = shift - self._shift
+                m = m + np.outer(delta, s) + np.outer(s, delta) + count * np.outer(delta, delta)
+                s = s + count * delta
+                if class_counts is not None and class_sums is not None:
+                    class_sums = class_sums + class_counts.astype(np.float64)[:, None] * delta
         self._sum = _add(self._sum, s, "sum")
         self._second = _add(self._second, m, "second_moment")
         if class_counts is not None and class_sums is not None:
@@ -257,6 +295,7 @@ class PatchStats:
             other._second,
             other._class_counts if has_classes else None,
             other._class_sums if has_classes else None,
+            other._shift,
         )
         out.skipped = self.skipped + other.skipped
         return out
@@ -280,6 +319,7 @@ class PatchStats:
             class_sums=self._class_sums.copy(),
             transform=None if self.transform is None else dict(self.transform),
             skipped=self.skipped,
+            shift=self._shift.copy(),
         )
 
     # -- raw statistics --------------------------------------------------------------------
@@ -291,12 +331,18 @@ class PatchStats:
     @property
     def sum(self) -> np.ndarray:
         """Sum of all patches, shape ``(p,)`` (``uint64`` when exact)."""
-        return _readonly(self._sum)
+        if not self._shift.any():
+            return _readonly(self._sum)
+        return _readonly(self._sum + self.count * self._shift)
 
     @property
     def second_moment(self) -> np.ndarray:
         """``sum_n p_n p_n^T``, shape ``(p, p)`` (``uint64`` when exact)."""
-        return _readonly(self._second)
+        if not self._shift.any():
+            return _readonly(self._second)
+        sh, s = self._shift, self._sum
+        outer = np.outer(sh, s)
+        return _readonly(self._second + outer + outer.T + self.count * np.outer(sh, sh))
 
     @property
     def class_counts(self) -> np.ndarray:
@@ -306,7 +352,10 @@ class PatchStats:
     @property
     def class_sums(self) -> np.ndarray:
         """Sum of the patches of each class, shape ``(n_classes, p)``."""
-        return _readonly(self._class_sums)
+        if not self._shift.any():
+            return _readonly(self._class_sums)
+        counts = self._class_counts.astype(np.float64)[:, None]
+        return _readonly(self._class_sums + counts * self._shift)
 
     # -- derived statistics ----------------------------------------------------------------
     def _require_data(self) -> None:
@@ -318,7 +367,7 @@ class PatchStats:
     def mean(self) -> np.ndarray:
         """Mean patch, shape ``(p,)``."""
         self._require_data()
-        return self._sum.astype(np.float64) / self.count
+        return self._shift + self._sum.astype(np.float64) / self.count
 
     @cached_property
     def covariance(self) -> np.ndarray:
@@ -334,7 +383,7 @@ class PatchStats:
             centred = self._second.astype(object) * n - np.outer(s, s)
             cov = (centred / (n * n)).astype(np.float64)
         else:
-            mu = self._sum / n
+            mu = self._sum / n  # the mean minus the shift: small
             cov = self._second / n - np.outer(mu, mu)
         cov = (cov + cov.T) / 2
         cov.flags.writeable = False
@@ -387,11 +436,18 @@ class PatchStats:
         d = np.repeat(scale / std_c, kk)
         o = np.repeat(-mean_c / std_c, kk)
         n = self.count
+        # The result is kept about its own mean: sum 0, second moment n * covariance.
         mu = d * self.mean + o
-        cov = self.covariance * np.outer(d, d)
-        second = n * (cov + np.outer(mu, mu))
-        counts = self._class_counts.astype(np.float64)
-        class_sums = self._class_sums.astype(np.float64) * d + counts[:, None] * o
+        second = n * self.covariance * np.outer(d, d)
+        counts = self._class_counts
+        if self.exact:  # class sums minus count * mean, in exact integers before dividing
+            dev = (
+                self._class_sums.astype(object) * n
+                - counts.astype(object)[:, None] * self._sum.astype(object)[None, :]
+            ) / n
+            dev = dev.astype(np.float64).reshape(-1, self.dim)
+        else:
+            dev = self._class_sums - counts.astype(np.float64)[:, None] * (self._sum / n)
         return PatchStats(
             kernel_size=self.kernel_size,
             stride=self.stride,
@@ -400,12 +456,13 @@ class PatchStats:
             exact=False,
             count=n,
             n_images=self.n_images,
-            sum=n * mu,
+            sum=np.zeros(self.dim),
             second_moment=second,
             class_counts=self._class_counts.copy(),
-            class_sums=class_sums,
+            class_sums=dev * d,
             transform={"mean": mean_c.tolist(), "std": std_c.tolist(), "scale": float(scale)},
             skipped=self.skipped,
+            shift=mu,
         )
 
     @property
@@ -413,7 +470,8 @@ class PatchStats:
         """Mean patch of each class, shape ``(n_classes, p)``; NaN rows for empty classes."""
         counts = self._class_counts.astype(np.float64)[:, None]
         with np.errstate(invalid="ignore", divide="ignore"):
-            return np.where(counts > 0, self._class_sums / np.maximum(counts, 1), np.nan)
+            means = self._shift + self._class_sums / np.maximum(counts, 1)
+            return np.where(counts > 0, means, np.nan)
 
     def spectrum(self) -> np.ndarray:
         """Mean 2D DFT power of the patches per channel, ``E|DFT2(patch_c)|^2``, shape (C, k, k).
@@ -428,7 +486,7 @@ class PatchStats:
         phase = np.exp(-2j * np.pi * np.outer(grid, grid) / k)  # (u, i)
         f = np.einsum("ui,vj->uvij", phase, phase).reshape(kk, kk)  # rows: frequencies
         out = np.empty((self.channels, k, k))
-        second = self._second.astype(np.float64) / self.count
+        second = self.covariance + np.outer(self.mean, self.mean)
         for c in range(self.channels):
             block = second[c * kk : (c + 1) * kk, c * kk : (c + 1) * kk]
             out[c] = np.einsum("fi,ij,fj->f", f, block, f.conj()).real.reshape(k, k)
@@ -456,12 +514,13 @@ class PatchStats:
                 + list(transform.get("std", []))
             ),
             skipped=np.array(self.skipped, dtype=str),
+            shift=self._shift,
         )
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> PatchStats:
         """Read statistics written by :meth:`save`; damaged or foreign files raise ValueError."""
-        z = load_npz(path, _FORMAT, _VERSION)
+        z = load_npz(path, _FORMAT, (1, _VERSION))
         k, stride, padding, channels = _validated(z, path)
         t = z["transform"]
         transform = None
@@ -485,6 +544,7 @@ class PatchStats:
             class_sums=z["class_sums"],
             transform=transform,
             skipped=z["skipped"].tolist(),
+            shift=z.get("shift"),  # absent in version 1: raw moments
         )
 
     # -- comparison and display ------------------------------------------------------------
@@ -500,6 +560,7 @@ class PatchStats:
             and np.array_equal(self._second, other._second)
             and np.array_equal(self._class_counts, other._class_counts)
             and np.array_equal(self._class_sums, other._class_sums)
+            and np.array_equal(self._shift, other._shift)
         )
 
     __hash__ = None  # type: ignore[assignment]  # mutable
@@ -562,6 +623,13 @@ def _validated(z: dict[str, np.ndarray], path: Any) -> tuple[int, int, int, int]
     n_classes = len(z["class_counts"])
     if z["class_sums"].shape != (n_classes, p):
         raise bad(f"field 'class_sums' has shape {z['class_sums'].shape}")
+    if int(z["__version__"]) >= 2:
+        shift = z.get("shift")
+        if shift is None or shift.shape != (p,) or shift.dtype != np.float64:
+            got = "missing" if shift is None else f"{shift.dtype}{shift.shape}"
+            raise bad(f"field 'shift' is {got}, expected float64 ({p},)")
+        if not np.all(np.isfinite(shift)) or (bool(z["exact"]) and shift.any()):
+            raise bad("field 'shift' must be finite, and zero for exact statistics")
     return k, stride, padding, channels
 
 

@@ -135,20 +135,40 @@ impl Planes {
     }
 }
 
-/// Copies image `idx` of `x` into `out` laid out as `planes`, with a zero border of `pad`
-/// pixels, converting each pixel with `conv`. `conv` may reject a value (NaN, Inf).
-pub fn to_planar<T: Copy, P: Copy + Default>(
+/// Copies image `idx` of `x` into `out` laid out as `planes`, with a border of `pad` pixels
+/// of value `border(c)` in channel `c` (the image of a zero pixel), converting each pixel of
+/// channel `c` with `conv(c, value)`. `conv` may reject a value (NaN, Inf). Margins stay zero.
+#[allow(clippy::too_many_arguments)]
+pub fn to_planar<T: Copy, P: Copy + Default + PartialEq>(
     x: &[T],
     batch: &Batch,
     idx: usize,
     pad: usize,
     planes: Planes,
     out: &mut Vec<P>,
-    conv: impl Fn(T) -> Option<P>,
+    conv: impl Fn(usize, T) -> Option<P>,
+    border: impl Fn(usize) -> P,
 ) -> CoreResult<()> {
     let (c, h, w) = (batch.c, batch.h, batch.w);
     out.clear();
     out.resize(c * planes.hp * planes.row_len, P::default());
+    if pad > 0 {
+        for ch in 0..c {
+            let v = border(ch);
+            if v == P::default() {
+                continue;
+            }
+            for i in 0..planes.hp {
+                let row = &mut out[planes.offset(ch, i, 0)..][..planes.wp];
+                if i < pad || i >= pad + h {
+                    row.fill(v);
+                } else {
+                    row[..pad].fill(v);
+                    row[pad + w..].fill(v);
+                }
+            }
+        }
+    }
     let img = &x[idx * batch.image_len()..(idx + 1) * batch.image_len()];
     let bad = || {
         CoreError::value(
@@ -163,7 +183,7 @@ pub fn to_planar<T: Copy, P: Copy + Default>(
                     let src = &img[(ch * h + i) * w..(ch * h + i + 1) * w];
                     let dst = &mut out[planes.offset(ch, i + pad, pad)..][..w];
                     for (d, &s) in dst.iter_mut().zip(src) {
-                        *d = conv(s).ok_or_else(bad)?;
+                        *d = conv(ch, s).ok_or_else(bad)?;
                     }
                 }
             }
@@ -173,7 +193,7 @@ pub fn to_planar<T: Copy, P: Copy + Default>(
                 for j in 0..w {
                     let src = &img[(i * w + j) * c..(i * w + j + 1) * c];
                     for (ch, &s) in src.iter().enumerate() {
-                        out[planes.offset(ch, i + pad, j + pad)] = conv(s).ok_or_else(bad)?;
+                        out[planes.offset(ch, i + pad, j + pad)] = conv(ch, s).ok_or_else(bad)?;
                     }
                 }
             }
@@ -211,8 +231,8 @@ mod tests {
             ..bn
         };
         let planes = Planes::new(4, 5, 2, 5);
-        to_planar(&nchw, &bn, 0, 1, planes, &mut a, Some).unwrap();
-        to_planar(&nhwc, &bh, 0, 1, planes, &mut b, Some).unwrap();
+        to_planar(&nchw, &bn, 0, 1, planes, &mut a, |_, v| Some(v), |_| 0).unwrap();
+        to_planar(&nhwc, &bh, 0, 1, planes, &mut b, |_, v| Some(v), |_| 0).unwrap();
         assert_eq!(a, b);
         assert_eq!(a.len(), 2 * 4 * 9);
         assert_eq!(a[planes.offset(0, 0, 0)], 0); // padding

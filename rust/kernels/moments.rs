@@ -23,7 +23,7 @@ use crate::parallel::chunked_reduce;
 /// Arithmetic of one accumulation family.
 pub trait Accum: Send + Sync + 'static {
     /// A pixel of the planar working copy.
-    type Plane: Copy + Default + Send + Sync;
+    type Plane: Copy + Default + PartialEq + Send + Sync;
     /// A column sum over at most `MAX_ROWS` rows of products.
     type Col: Copy + Default + Send + Sync;
     /// A total over any number of patches.
@@ -137,45 +137,61 @@ impl Accum for Float {
 /// An input pixel type and the accumulation family it uses.
 pub trait Pixel: Copy + Send + Sync + 'static {
     type Acc: Accum;
+    /// Whether pixels may be shifted before accumulation (floats; integers stay exact).
+    const SHIFTABLE: bool;
     /// The pixel as `f64`, or `None` for NaN and infinities.
     fn to_f64(self) -> Option<f64>;
-    /// The pixel in the working type of its accumulation family, or `None` for NaN/Inf.
-    fn plane(self) -> Option<<Self::Acc as Accum>::Plane>;
+    /// `self - shift` in the working type of its accumulation family, or `None` for NaN/Inf.
+    fn plane(self, shift: f64) -> Option<<Self::Acc as Accum>::Plane>;
+    /// A zero pixel (padding) shifted by `shift`.
+    fn zero_plane(shift: f64) -> <Self::Acc as Accum>::Plane;
 }
 
 impl Pixel for u8 {
     type Acc = Exact;
+    const SHIFTABLE: bool = false;
     #[inline(always)]
     fn to_f64(self) -> Option<f64> {
         Some(f64::from(self))
     }
     #[inline(always)]
-    fn plane(self) -> Option<u16> {
+    fn plane(self, _shift: f64) -> Option<u16> {
         Some(u16::from(self))
+    }
+    fn zero_plane(_shift: f64) -> u16 {
+        0
     }
 }
 
 impl Pixel for f32 {
     type Acc = Float;
+    const SHIFTABLE: bool = true;
     #[inline(always)]
     fn to_f64(self) -> Option<f64> {
         self.is_finite().then_some(f64::from(self))
     }
     #[inline(always)]
-    fn plane(self) -> Option<f64> {
-        self.is_finite().then_some(f64::from(self))
+    fn plane(self, shift: f64) -> Option<f64> {
+        self.is_finite().then_some(f64::from(self) - shift)
+    }
+    fn zero_plane(shift: f64) -> f64 {
+        -shift
     }
 }
 
 impl Pixel for f64 {
     type Acc = Float;
+    const SHIFTABLE: bool = true;
     #[inline(always)]
     fn to_f64(self) -> Option<f64> {
         self.is_finite().then_some(self)
     }
     #[inline(always)]
-    fn plane(self) -> Option<f64> {
-        self.is_finite().then_some(self)
+    fn plane(self, shift: f64) -> Option<f64> {
+        self.is_finite().then_some(self - shift)
+    }
+    fn zero_plane(shift: f64) -> f64 {
+        -shift
     }
 }
 
@@ -582,6 +598,8 @@ struct Job<'a, T> {
     labels: Option<&'a [i64]>,
     n_classes: usize,
     method: Method,
+    /// Per-channel value subtracted from every pixel (empty: none).
+    shift: &'a [f64],
 }
 
 type Tot<T> = <<T as Pixel>::Acc as Accum>::Total;
@@ -603,7 +621,8 @@ fn chunk<T: Pixel>(job: &Job<'_, T>, range: Range<usize>) -> CoreResult<Moments<
             job.win.pad,
             job.planes,
             &mut sc.planes,
-            T::plane,
+            |ch, v| v.plane(job.shift.get(ch).copied().unwrap_or(0.0)),
+            |ch| T::zero_plane(job.shift.get(ch).copied().unwrap_or(0.0)),
         )?;
         img_sum.iter_mut().for_each(|v| *v = Tot::<T>::default());
         let (c, pl, g) = (job.batch.c, job.planes, job.g);
@@ -634,7 +653,9 @@ fn chunk_avx2<T: Pixel>(job: &Job<'_, T>, range: Range<usize>) -> CoreResult<Mom
 
 /// Moments of the patches of every image in a C-contiguous batch `x`.
 ///
-/// `labels` (one per image, in `[0, n_classes)`) adds per-class patch counts and sums.
+/// `labels` (one per image, in `[0, n_classes)`) adds per-class patch counts and sums. `shift`
+/// (one value per channel, or empty) is subtracted from every pixel first, padding included: float
+/// moments about a point near the mean keep the covariance accurate for large means.
 pub fn patch_moments<T: Pixel>(
     x: &[T],
     batch: Batch,
@@ -642,8 +663,26 @@ pub fn patch_moments<T: Pixel>(
     labels: Option<&[i64]>,
     n_classes: usize,
     method: Method,
+    shift: &[f64],
 ) -> CoreResult<Moments<<T::Acc as Accum>::Total>> {
     batch.check(x.len())?;
+    if !shift.is_empty() {
+        if !T::SHIFTABLE {
+            return Err(CoreError::value(
+                "shift",
+                "integer images accumulate exactly and take no shift".to_string(),
+            ));
+        }
+        if shift.len() != batch.c || shift.iter().any(|v| !v.is_finite()) {
+            return Err(CoreError::value(
+                "shift",
+                format!(
+                    "expected {} finite values (one per channel), got {shift:?}",
+                    batch.c
+                ),
+            ));
+        }
+    }
     let (hp, wp, ho, wo) = win.geometry(batch.h, batch.w)?;
     let p = batch.c * win.k * win.k;
     if let Some(l) = labels {
@@ -690,6 +729,7 @@ pub fn patch_moments<T: Pixel>(
                 labels,
                 n_classes,
                 method,
+                shift,
             };
             if simd::has_avx2() {
                 // SAFETY: `chunk_avx2` only requires AVX2, which the CPU has (checked above).
@@ -781,7 +821,7 @@ mod tests {
             let x = data(n * c * h * w, 7 + i as u64);
             let (count, sum, m) = naive(&x, b, win);
             for method in [Method::Direct, Method::Shifted] {
-                let got = patch_moments(&x, b, win, None, 0, method).unwrap();
+                let got = patch_moments(&x, b, win, None, 0, method, &[]).unwrap();
                 assert_eq!(got.count, count, "case {i} {method:?}");
                 assert_eq!(got.sum, sum, "case {i} {method:?}");
                 assert_eq!(got.second, m, "case {i} {method:?}");
@@ -805,9 +845,9 @@ mod tests {
         };
         let x = data(b.n * b.image_len(), 3);
         let xf: Vec<f32> = x.iter().map(|&v| f32::from(v)).collect();
-        let exact = patch_moments(&x, b, win, None, 0, Method::Shifted).unwrap();
+        let exact = patch_moments(&x, b, win, None, 0, Method::Shifted, &[]).unwrap();
         for method in [Method::Direct, Method::Shifted] {
-            let got = patch_moments(&xf, b, win, None, 0, method).unwrap();
+            let got = patch_moments(&xf, b, win, None, 0, method, &[]).unwrap();
             // Integers below 2^53 are represented exactly, so the float sums are exact too.
             let want: Vec<f64> = exact.second.iter().map(|&v| v as f64).collect();
             assert_eq!(got.second, want);
@@ -829,14 +869,14 @@ mod tests {
             pad: 0,
         };
         let x = data(b.n * b.image_len(), 11);
-        let got = patch_moments(&x, b, win, Some(&[1, 0, 1, 1]), 2, Method::Shifted).unwrap();
+        let got = patch_moments(&x, b, win, Some(&[1, 0, 1, 1]), 2, Method::Shifted, &[]).unwrap();
         assert_eq!(got.class_count, vec![16, 48]);
         let total: Vec<u64> = (0..4)
             .map(|i| got.class_sum[i] + got.class_sum[4 + i])
             .collect();
         assert_eq!(total, got.sum);
-        assert!(patch_moments(&x, b, win, Some(&[1, 0, 2, 1]), 2, Method::Shifted).is_err());
-        assert!(patch_moments(&x, b, win, Some(&[1, 0]), 2, Method::Shifted).is_err());
+        assert!(patch_moments(&x, b, win, Some(&[1, 0, 2, 1]), 2, Method::Shifted, &[]).is_err());
+        assert!(patch_moments(&x, b, win, Some(&[1, 0]), 2, Method::Shifted, &[]).is_err());
     }
 
     #[test]
@@ -861,6 +901,7 @@ mod tests {
             None,
             0,
             Method::Shifted,
+            &[],
         );
         assert!(err.unwrap_err().to_string().contains("NaN"));
     }
@@ -887,10 +928,62 @@ mod tests {
             None,
             0,
             Method::Shifted,
+            &[],
         )
         .unwrap();
         let count = 20 * 14 * 14;
         assert_eq!(got.count, count);
         assert!(got.second.iter().all(|&v| v == count * 65025));
+    }
+
+    #[test]
+    fn shifted_float_moments_are_the_moments_of_shifted_pixels_padding_included() {
+        // Moments about a shift s, mapped back (sum + n s, M + s sum^T + sum s^T + n s s^T),
+        // are the raw moments; zero padding is shifted like every other pixel.
+        let b = Batch {
+            n: 3,
+            c: 2,
+            h: 6,
+            w: 5,
+            layout: Layout::Nhwc,
+        };
+        let x: Vec<f64> = data(b.n * b.image_len(), 11)
+            .iter()
+            .map(|&v| f64::from(v) / 7.0)
+            .collect();
+        let shift = [3.25, -1.5];
+        for method in [Method::Direct, Method::Shifted] {
+            let win = Window {
+                k: 3,
+                stride: 2,
+                pad: 1,
+            };
+            let raw = patch_moments(&x, b, win, None, 0, method, &[]).unwrap();
+            let got = patch_moments(&x, b, win, None, 0, method, &shift).unwrap();
+            assert_eq!(raw.count, got.count);
+            let n = got.count as f64;
+            let p = raw.p;
+            let s: Vec<f64> = (0..p).map(|r| shift[r / 9]).collect();
+            for r in 0..p {
+                let sum = got.sum[r] + n * s[r];
+                assert!((sum - raw.sum[r]).abs() <= 1e-9 * raw.sum[r].abs().max(1.0));
+                for q in 0..p {
+                    let m = got.second[r * p + q]
+                        + s[r] * got.sum[q]
+                        + got.sum[r] * s[q]
+                        + n * s[r] * s[q];
+                    let want = raw.second[r * p + q];
+                    assert!((m - want).abs() <= 1e-9 * want.abs().max(1.0), "{r} {q}");
+                }
+            }
+        }
+        let bytes = vec![0u8; b.n * b.image_len()];
+        let win = Window {
+            k: 3,
+            stride: 1,
+            pad: 0,
+        };
+        assert!(patch_moments(&bytes, b, win, None, 0, Method::Shifted, &shift).is_err());
+        assert!(patch_moments(&x, b, win, None, 0, Method::Shifted, &[1.0]).is_err());
     }
 }

@@ -19,6 +19,7 @@ from _analysis_data import (
 )
 from firstlayer.profile import energy_profile, profile_correlation
 from firstlayer.theory import (
+    _mosaics,
     fit,
     label_patch_correlation,
     linear_profile,
@@ -32,6 +33,16 @@ EV = 1.0 / np.arange(1, 28) ** 2  # a natural-image-like spectrum, lambda_i^2 ~ 
 @pytest.fixture(scope="module")
 def cifar():
     return cifar_images(1500)
+
+
+@pytest.fixture
+def one_thread():
+    """The simulations are small: one torch thread is faster than several contending ones."""
+    torch = pytest.importorskip("torch")
+    saved = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(saved)
 
 
 def test_closed_form_matches_gradient_descent_recursion():
@@ -108,39 +119,113 @@ def test_theory_errors():
         fit(linear_profile(EV, 0.5, 3.0), EV, t_range=(10.0, 1.0))
 
 
-def test_simulated_linear_cnn_follows_the_formula(cifar):
-    images, labels = cifar
-    stats = firstlayer.patch_stats(images, 3)
-    common = dict(steps=150, n_samples=3000, n_records=8, seed=0)
-    rand = simulate_linear_cnn(images, labels, random_labels=True, **common)
-    true = simulate_linear_cnn(images, labels, **common)
-    assert rand.profiles.shape == (8, 27)
-    assert rand.random_labels
-    assert not true.random_labels
-    # Random labels satisfy the theorem's assumption: the formula tracks the whole trajectory.
-    assert rand.min_fitted_correlation > 0.9
-    assert rand.correlations[0] > 0.97  # no fitted parameter at all
-    # True CIFAR classes correlate with a few colour components, so the fit is looser.
-    assert true.fitted_correlations[0] > 0.8
-    assert np.all(np.diff(true.losses) <= 1e-9)
-    # Patch statistics of the normalised images, as the helper computes them.
+def _normalised(images):
     xf = images / 255.0
     mu, sd = xf.mean(axis=(0, 2, 3)), xf.std(axis=(0, 2, 3))
-    np.testing.assert_allclose(
-        rand.eigenvalues, stats.normalized(mu, sd, 1 / 255).pca().eigenvalues, rtol=1e-6
+    return (xf - mu[:, None, None]) / sd[:, None, None], mu, sd
+
+
+def test_random_label_mosaics_have_uncorrelated_patches(cifar):
+    # Theorem 4.2 needs A = E[pbar pbar^T] = covariance / J (patches of a sample uncorrelated).
+    # Tiles of one class share the class-mean colour, which inflates A along the colour
+    # components; tiles from any image (what random labels use) do not.
+    images, labels = cifar
+    xf, _, _ = _normalised(images)
+    pca = firstlayer.patch_stats(np.ascontiguousarray(xf), 3).pca()
+    ev, u = pca.eigenvalues, pca.components
+    ratios = {}
+    for by_class in (False, True):
+        x, _ = _mosaics(xf, labels, 3, 4, 4000, np.random.default_rng(0), by_class=by_class)
+        pbar = x.reshape(4000, 3, 4, 3, 4, 3).transpose(0, 2, 4, 1, 3, 5).reshape(4000, 16, 27)
+        pbar = pbar.mean(axis=1)
+        a = u.T @ (pbar.T @ pbar / 4000) @ u
+        ratios[by_class] = np.diag(a) * 16 / ev
+        off = np.abs(a - np.diag(np.diag(a))).max() / np.diag(a).max()
+        if not by_class:
+            assert off < 0.03
+            np.testing.assert_allclose(ratios[by_class], 1.0, atol=0.2)
+    assert ratios[True][:5].max() > 1.8  # class-pure tiles: a colour component inflated ~2-3x
+
+
+def test_simulated_linear_cnn_follows_the_formula_with_random_labels(cifar, one_thread):
+    images, labels = cifar
+    stats = firstlayer.patch_stats(images, 3)
+    r = simulate_linear_cnn(
+        images, labels, random_labels=True, steps=100, n_samples=2000, n_records=8, seed=0
     )
+    assert r.random_labels
+    assert r.label_draws == 16
+    assert r.label_correlation.shape == (160, 27)
+    assert r.profiles.shape == r.predicted.shape == (8, 27)
+    assert r.steps[0] == 1 and r.steps[-1] == 100
+    # The simulation is exact gradient descent on the measured A and b.
+    assert np.all(r.gd_correlations > 0.999)
+    # Random labels satisfy the theorem's assumption: sampling noise only.
+    assert r.assumption_holds
+    assert 0.8 < r.label_noise_ratio < 1.2
+    # ... and the formula tracks every record of the trajectory, with no free parameter.
+    assert r.min_correlation >= 0.97
+    assert r.min_fitted_correlation >= 0.97
+    assert np.all(np.diff(r.losses) <= 1e-9)
+    # Not a trivial trajectory: the profile moves from ~ sqrt(eigenvalue) to a mid-component peak.
+    assert np.argmax(r.profiles[0]) == 0
+    assert np.argmax(r.profiles[-1]) >= 3
+    assert profile_correlation(r.profiles[0], r.profiles[-1]) < 0.6
+    # Patch statistics of the normalised images, as the helper computes them.
+    _, mu, sd = _normalised(images)
+    np.testing.assert_allclose(
+        r.eigenvalues, stats.normalized(mu, sd, 1 / 255).pca().eigenvalues, rtol=1e-6
+    )
+    assert "assumption holds" in r.summary()
+    # One labelling is not enough: the label term is ~ lambda_i only in expectation, and 10
+    # outputs leave ~25% scatter per component (chi with 9 degrees of freedom).
+    one = simulate_linear_cnn(
+        images, labels, random_labels=True, label_draws=1, steps=100, n_samples=2000, seed=0
+    )
+    assert one.label_correlation.shape == (10, 27)
+    assert np.all(one.gd_correlations > 0.999)
+    assert np.std(one.label_z) > 2 * np.std(r.label_z)
+    assert one.min_correlation < r.min_correlation - 0.01
 
 
-def test_simulation_on_whole_images_runs(cifar):
+def test_true_labels_break_the_assumption_and_the_report_says_so(cifar, one_thread):
+    images, labels = cifar
+    r = simulate_linear_cnn(images, labels, steps=100, n_samples=2000, n_records=8, seed=0)
+    assert not r.random_labels
+    assert r.label_draws == 1
+    # The training is still exact gradient descent ...
+    assert np.all(r.gd_correlations > 0.999)
+    assert np.all(np.diff(r.losses) <= 1e-9)
+    # ... but true CIFAR classes correlate with the colour components (0, 1, 4) far beyond
+    # sampling noise, so the label term is not ~ lambda_i and the formula cannot fit.
+    assert np.all(r.label_z[[0, 1, 4]] > 5)
+    assert np.median(r.label_z) < 1.5
+    assert r.label_noise_ratio > 3
+    assert not r.assumption_holds
+    assert "violated" in r.summary()
+    assert r.correlations[0] > 0.85  # at step 1 the profile is |b|, still dominated by lambda
+    assert r.min_correlation < 0.8
+
+
+def test_simulation_on_whole_images_runs(cifar, one_thread):
     images, labels = cifar
     r = simulate_linear_cnn(images[:200], labels[:200], sample="images", steps=5, n_records=2)
     assert r.profiles.shape == (2, 27)
+    r = simulate_linear_cnn(
+        images[:200], labels[:200], sample="images", random_labels=True, label_draws=2, steps=3
+    )
+    assert r.label_correlation.shape == (20, 27)
+    assert np.all(r.gd_correlations > 0.999)
     with pytest.raises(ValueError, match="sample: expected 'mosaic' or 'images'"):
         simulate_linear_cnn(images[:10], labels[:10], sample="tiles")
     with pytest.raises(ValueError, match="labels: expected 10 labels"):
         simulate_linear_cnn(images[:10], labels[:9])
     with pytest.raises(ValueError, match="patches_per_sample: expected a square"):
         simulate_linear_cnn(images[:10], labels[:10], patches_per_sample=5)
+    with pytest.raises(ValueError, match="label_draws: expected"):
+        simulate_linear_cnn(images[:10], labels[:10], label_draws=4)
+    with pytest.raises(ValueError, match="label_draws: expected"):
+        simulate_linear_cnn(images[:10], labels[:10], random_labels=True, label_draws=0)
 
 
 def test_label_correlation_from_stats_matches_per_patch_pearson(cifar):

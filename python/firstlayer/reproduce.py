@@ -768,21 +768,32 @@ def _exp5(ctx: _Context) -> dict[str, Any]:
     x, y, *_ = ctx.data()
     n = min(ctx.scale.linear_images, len(x))
     ctx.say(f"exact linear CNN on {n} images, {ctx.scale.linear_steps} steps")
-    sims: list[dict[str, Any]] = []
-    for seed in ctx.scale.seeds[:2]:
-        res = simulate_linear_cnn(
-            x[:n], y[:n], steps=ctx.scale.linear_steps, mean=CIFAR_MEAN, std=CIFAR_STD, seed=seed
-        )
-        sims.append(
-            {
-                "seed": seed,
-                "mean_correlation": res.mean_correlation,
-                "mean_fitted_correlation": float(np.mean(res.fitted_correlations)),
-                "min_fitted_correlation": res.min_fitted_correlation,
-                "correlations": res.correlations,
-                "steps": res.steps,
-            }
-        )
+    # Theorem 4.2 holds when labels are uncorrelated with the PCA coefficients (Def. A.4): true
+    # for random labels by construction, an assumption for true ones. Both are simulated; the
+    # true-label runs report how far the labels break it.
+    sims: dict[str, list[dict[str, Any]]] = {"random": [], "true": []}
+    for kind in ("random", "true"):
+        for seed in ctx.scale.seeds[:2]:
+            res = simulate_linear_cnn(
+                x[:n], y[:n], random_labels=kind == "random", steps=ctx.scale.linear_steps,
+                mean=CIFAR_MEAN, std=CIFAR_STD, seed=seed,
+            )  # fmt: skip
+            sims[kind].append(
+                {
+                    "seed": seed,
+                    "mean_correlation": res.mean_correlation,
+                    "min_correlation": res.min_correlation,
+                    "mean_fitted_correlation": float(np.mean(res.fitted_correlations)),
+                    "min_fitted_correlation": res.min_fitted_correlation,
+                    "min_gd_correlation": float(np.min(res.gd_correlations)),
+                    "label_noise_ratio": res.label_noise_ratio,
+                    "assumption_holds": res.assumption_holds,
+                    "correlations": res.correlations,
+                    "steps": res.steps,
+                    "summary": res.summary(),
+                }
+            )
+    ratio = float(np.mean([s["label_noise_ratio"] for s in sims["true"]]))
     claims = [
         _claim("5a", 5, f"The linear-CNN formula fits the trained {ctx.scale.main_arch}",
                0.94, 0.01, "Table 3, CIFAR-10 (VGG11, 3 seeds)", true_r, "at_least", 0.05,
@@ -792,13 +803,21 @@ def _exp5(ctx: _Context) -> dict[str, Any]:
                "the same fit applied to each seed's initial first layer"),
         _claim("5c", 5, "The exact linear CNN follows the formula (no free parameter)", 0.98, None,
                "PAPER.md [V]: independent simulation of Theorem 4.2 (no table in the paper)",
-               [s["mean_correlation"] for s in sims], "at_least", 0.05,
-               "full-batch GD on mosaics of independent patches; correlation at the theory's "
-               "eta*t, averaged over the recorded steps"),
+               [s["min_correlation"] for s in sims["random"]], "at_least", 0.05,
+               "random labels (the theorem's assumption holds), 16 labellings averaged; full-batch "
+               "GD on mosaics of independent patches; measured = min over the recorded steps of "
+               "the correlation at the theory's eta*t"),
         _claim("5d", 5, "The exact linear CNN follows the formula (t fitted, as the paper fits)",
                0.98, None, "PAPER.md [V]: independent simulation of Theorem 4.2",
-               [s["mean_fitted_correlation"] for s in sims], "at_least", 0.05,
+               [s["min_fitted_correlation"] for s in sims["random"]], "at_least", 0.05,
                "the same records, with the step count fitted to each one"),
+        _claim("5e", 5, "With true labels the exact linear CNN follows the formula too, as far as "
+               "the labels are uncorrelated with the PCA coefficients (Def. A.4)", 0.98, None,
+               "PAPER.md 2.5: 'obviously valid for random labels but requires justification "
+               "for true ones'", [s["min_correlation"] for s in sims["true"]], "at_least", 0.05,
+               f"true labels, mosaics of one class; the labels' correlation with the PCA "
+               f"coefficients is {ratio:.1f}x sampling noise (1 = uncorrelated), so the "
+               f"assumption {'holds' if ratio < 1.5 else 'does not hold'} here"),
     ]  # fmt: skip
     return {"claims": claims, "details": {"fits": fits, "init_fits": init_r, "linear_cnn": sims}}
 

@@ -5,7 +5,6 @@ Results printed with ``--json`` are checked against the library's API on the sam
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import shutil
 import subprocess
@@ -116,17 +115,6 @@ def test_debug_shows_the_traceback(capsys: pytest.CaptureFixture[str]) -> None:
     assert code == 1
     assert "Traceback (most recent call last)" in err
     assert err.rstrip().splitlines()[-1].startswith("firstlayer: error: ")
-
-
-@pytest.mark.skipif(
-    importlib.util.find_spec("firstlayer.reproduce") is not None,
-    reason="firstlayer.reproduce exists; its own tests cover the command",
-)
-def test_reproduce_fails_clearly_while_missing(capsys: pytest.CaptureFixture[str]) -> None:
-    for argv in (("reproduce",), ("reproduce", "--all", "fig2")):
-        code, out, err = run(capsys, *argv)
-        assert code == 1 and out == ""
-        assert "not available yet" in one_line_error(err)
 
 
 def test_python_dash_m_and_exit_code(tmp_path: Path) -> None:

@@ -626,30 +626,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-_REPRODUCE_MISSING = (
-    "'firstlayer reproduce' is not available yet in this version of firstlayer "
-    "(firstlayer.reproduce with add_reproduce_arguments/reproduce_from_args is missing)"
-)
-
-
-def _reproduce_entry() -> tuple[Any, Any] | None:
-    """``(add_arguments, run)`` of :mod:`firstlayer.reproduce`, or None while it is missing."""
-    if importlib.util.find_spec("firstlayer.reproduce") is None:
-        return None
-    mod = importlib.import_module("firstlayer.reproduce")
-    for owner in (mod, getattr(mod, "cli", None)):
-        add = getattr(owner, "add_reproduce_arguments", None)
-        run = getattr(owner, "reproduce_from_args", None)
-        if callable(add) and callable(run):
-            return add, run
-    return None
-
-
 def _cmd_reproduce(args: argparse.Namespace) -> int:
-    entry = _reproduce_entry()
-    if entry is None:
-        raise RuntimeError(_REPRODUCE_MISSING)
-    result = entry[1](args)
+    from firstlayer import reproduce
+
+    result = reproduce.reproduce_from_args(args)
     return int(result) if isinstance(result, int) else 0
 
 
@@ -716,7 +696,6 @@ def _cmd_info(args: argparse.Namespace) -> int:
             ]
     info["devices"] = devices
     info["train_available"] = importlib.util.find_spec("firstlayer.train") is not None
-    info["reproduce_available"] = _reproduce_entry() is not None
     lines = ["firstlayer " + info["versions"]["firstlayer"]]
     lines += [f"  {k}: {v}" for k, v in info["versions"].items() if k != "firstlayer"]
     lines.append(f"bundled sample: {sample} ({'present' if sample.is_file() else 'MISSING'})")
@@ -728,7 +707,6 @@ def _cmd_info(args: argparse.Namespace) -> int:
     ]
     lines.append("devices: " + ", ".join(f"{k}={v}" for k, v in devices.items()))
     lines.append(f"train: {'available' if info['train_available'] else 'not available'}")
-    lines.append(f"reproduce: {'available' if info['reproduce_available'] else 'not available'}")
     _emit(args, "\n".join(lines), info)
     return 0
 
@@ -888,9 +866,10 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     p.set_defaults(handler=_cmd_train)
 
     p = _sub(subs, "reproduce", [_common()])
-    entry = _reproduce_entry() if command == "reproduce" else None
-    if entry is not None:
-        entry[0](p)
+    if command == "reproduce":
+        from firstlayer import reproduce
+
+        reproduce.add_reproduce_arguments(p)
     else:
         p.add_argument("rest", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
     p.set_defaults(handler=_cmd_reproduce)
@@ -953,10 +932,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     args_list = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in args_list
     command = _command_of(args_list)
-    if command == "reproduce" and not {"-h", "--help"} & set(args_list):
-        if _reproduce_entry() is None:
-            print(f"firstlayer: error: {_REPRODUCE_MISSING}", file=sys.stderr)
-            return 1
     try:
         parser = build_parser(command)
         args = parser.parse_args(args_list)

@@ -93,11 +93,6 @@ def _tmpfile(data: bytes) -> str:
     return name
 
 
-# Known bug 7 of docs/reliability.md: zipfile's RuntimeError (entry flagged encrypted) and
-# NotImplementedError (unknown compression) escape these readers. The contract is enforced by the
-# strict xfail test_reliability.py::test_zip_entries_encrypted_or_oddly_compressed_are_value_errors;
-# here they are tolerated so that the job keeps looking for anything else. Remove once fixed.
-KNOWN_ZIP_BUG = (RuntimeError, NotImplementedError)
 
 
 @SETTINGS
@@ -106,7 +101,7 @@ def test_stats_load_raises_only_value_or_file_errors(data: bytes) -> None:
     path = _tmpfile(data)
     try:
         s = PatchStats.load(path)
-    except (ValueError, FileNotFoundError, *KNOWN_ZIP_BUG):
+    except (ValueError, FileNotFoundError):
         return
     finally:
         os.unlink(path)
@@ -130,7 +125,7 @@ def test_read_checkpoint_raises_only_value_errors(checkpoint_seed: bytes, data: 
     path = _tmpfile(blob)
     try:
         read_checkpoint(path)
-    except (ValueError, *KNOWN_ZIP_BUG):
+    except (ValueError):
         pass
     finally:
         os.unlink(path)

@@ -4,5 +4,7 @@ pub mod decode;
 pub mod extract;
 pub mod image;
 pub mod moments;
+#[cfg(target_arch = "x86_64")]
+pub mod moments_avx2;
 pub mod simd;
 pub mod spectrum;

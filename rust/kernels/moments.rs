@@ -39,6 +39,31 @@ pub trait Accum: Send + Sync + 'static {
     fn widen(c: Self::Col) -> Self::Total;
     fn add(a: Self::Total, b: Self::Total) -> Self::Total;
     fn sub(a: Self::Total, b: Self::Total) -> Self::Total;
+    /// Adds the second moments of the planar image `planes` (and `pairs`, its interleaving
+    /// with the row below) with a kernel specialised for this arithmetic and CPU, and returns
+    /// true; false where none applies (the portable kernel runs instead).
+    #[allow(clippy::too_many_arguments)]
+    fn fast_second(
+        _c: usize,
+        _pl: Planes,
+        _g: (usize, usize, usize, usize, usize),
+        _planes: &[Self::Plane],
+        _pairs: &[Self::Plane],
+        _sc: &mut FastScratch,
+        _second: &mut [Self::Total],
+    ) -> bool {
+        false
+    }
+    /// Finishes what `fast_second` left pending (it may sum several images before it adds them
+    /// to `second`); called once all images of a chunk are in.
+    fn fast_flush(_sc: &mut FastScratch, _second: &mut [Self::Total]) {}
+}
+
+/// Buffers of the specialised kernels.
+#[derive(Default)]
+pub struct FastScratch {
+    #[cfg(target_arch = "x86_64")]
+    avx2: crate::kernels::moments_avx2::Scratch,
 }
 
 /// Exact integer arithmetic for `u8` pixels.
@@ -89,6 +114,42 @@ impl Accum for Exact {
     #[inline(always)]
     fn sub(a: u64, b: u64) -> u64 {
         a.wrapping_sub(b)
+    }
+    /// AVX2 intrinsics at stride 1 (`moments_avx2`), for padded images of at most `MAX_ROWS`
+    /// rows.
+    fn fast_second(
+        c: usize,
+        pl: Planes,
+        (k, s, ho, wo, wc): (usize, usize, usize, usize, usize),
+        planes: &[u16],
+        pairs: &[u16],
+        sc: &mut FastScratch,
+        second: &mut [u64],
+    ) -> bool {
+        #[cfg(target_arch = "x86_64")]
+        if s == 1
+            && (2..=15).contains(&k)
+            && pl.hp <= Self::MAX_ROWS
+            && pl.margin >= k - 1
+            && simd::has_avx2()
+        {
+            use crate::kernels::moments_avx2::{second_moments, Shape};
+            let shape = Shape { c, k, ho, wo, wc };
+            // SAFETY: AVX2 is present, stride 1, 2 <= k <= 15, margins of k - 1, wc
+            // whole vectors (LANES), at most MAX_ROWS rows: the conditions of `second_moments`.
+            unsafe { second_moments(shape, pl, planes, pairs, &mut sc.avx2, second) };
+            return true;
+        }
+        let _ = (c, pl, k, s, ho, wo, wc, planes, pairs, sc, second);
+        false
+    }
+    fn fast_flush(sc: &mut FastScratch, second: &mut [u64]) {
+        #[cfg(target_arch = "x86_64")]
+        if simd::has_avx2() {
+            // SAFETY: AVX2 is present.
+            unsafe { crate::kernels::moments_avx2::flush(&mut sc.avx2, second) };
+        }
+        let _ = (sc, second);
     }
 }
 
@@ -198,7 +259,10 @@ impl Pixel for f64 {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Method {
     Direct,
+    /// Shifted products, with the specialised kernel where one applies.
     Shifted,
+    /// Shifted products, portable code only (to test the specialised kernels against).
+    Portable,
 }
 
 impl Method {
@@ -281,6 +345,7 @@ struct Scratch<A: Accum> {
     table: Vec<A::Total>,
     patch: Vec<A::Plane>,
     upper: Vec<A::Col>,
+    fast: FastScratch,
 }
 
 impl<A: Accum> Scratch<A> {
@@ -292,6 +357,7 @@ impl<A: Accum> Scratch<A> {
             table: Vec::new(),
             patch: Vec::new(),
             upper: Vec::new(),
+            fast: FastScratch::default(),
         }
     }
 }
@@ -411,6 +477,7 @@ fn image_shifted<A: Accum>(
     sc: &mut Scratch<A>,
     second: &mut [A::Total],
     img_sum: &mut [A::Total],
+    fast: bool,
 ) {
     let k = g.k;
     let kk = k * k;
@@ -420,12 +487,15 @@ fn image_shifted<A: Accum>(
     let mut pairs = std::mem::take(&mut sc.pairs);
     let down = g.s * pl.row_len;
     pairs.clear();
-    pairs.extend(
-        planes
-            .iter()
-            .enumerate()
-            .flat_map(|(q, &v)| [v, planes.get(q + down).copied().unwrap_or_default()]),
-    );
+    pairs.resize(2 * planes.len(), A::Plane::default());
+    let below = planes.get(down..).unwrap_or_default();
+    for ((pair, &v), &u) in pairs.chunks_exact_mut(2).zip(&planes).zip(below) {
+        pair[0] = v;
+        pair[1] = u;
+    }
+    for (pair, &v) in pairs.chunks_exact_mut(2).zip(&planes).skip(below.len()) {
+        pair[0] = v; // the last rows have no row below: their partner stays zero
+    }
     // Row r of channel ch, shifted right by dj, over the fixed width wc (margins are zeros).
     let row_at = |ch: usize, r: usize, dj: isize| {
         let start = (pl.offset(ch, r, 0) as isize + dj) as usize;
@@ -450,6 +520,12 @@ fn image_shifted<A: Accum>(
             sc,
         );
         img_sum[ch * kk..(ch + 1) * kk].copy_from_slice(&sc.table);
+    }
+    let geo = (k, g.s, g.ho, g.wo, wc);
+    if fast && A::fast_second(c, pl, geo, &planes, &pairs, &mut sc.fast, second) {
+        sc.planes = planes;
+        sc.pairs = pairs;
+        return;
     }
     // Second moments: one product image per channel pair and shift.
     let kd = k as isize - 1;
@@ -627,8 +703,9 @@ fn chunk<T: Pixel>(job: &Job<'_, T>, range: Range<usize>) -> CoreResult<Moments<
         img_sum.iter_mut().for_each(|v| *v = Tot::<T>::default());
         let (c, pl, g) = (job.batch.c, job.planes, job.g);
         match job.method {
-            Method::Shifted => {
-                image_shifted::<T::Acc>(c, pl, g, &mut sc, &mut part.second, &mut img_sum)
+            Method::Shifted | Method::Portable => {
+                let fast = job.method == Method::Shifted;
+                image_shifted::<T::Acc>(c, pl, g, &mut sc, &mut part.second, &mut img_sum, fast)
             }
             Method::Direct => {
                 image_direct::<T::Acc>(c, pl, g, &mut sc, &mut part.second, &mut img_sum)
@@ -642,6 +719,7 @@ fn chunk<T: Pixel>(job: &Job<'_, T>, range: Range<usize>) -> CoreResult<Moments<
             add_into::<T::Acc>(&mut part.class_sum[cls * p..(cls + 1) * p], &img_sum);
         }
     }
+    T::Acc::fast_flush(&mut sc.fast, &mut part.second);
     Ok(part)
 }
 
@@ -814,13 +892,22 @@ mod tests {
             (1, 2, 5, 6, 1, 1, 0, Layout::Nhwc),
             (2, 1, 6, 20, 3, 4, 0, Layout::Nchw),
             (1, 1, 4, 4, 3, 1, 2, Layout::Nchw), // window rows < kernel rows
+            // Stride 1 at several strips, narrow and wide images, every kernel parity.
+            (2, 3, 40, 37, 7, 1, 0, Layout::Nchw),
+            (1, 2, 9, 30, 11, 1, 3, Layout::Nhwc),
+            (1, 1, 16, 17, 15, 1, 0, Layout::Nchw),
+            (2, 2, 5, 41, 2, 1, 0, Layout::Nchw),
+            (1, 1, 21, 3, 3, 1, 0, Layout::Nchw), // one window column: edges overlap
+            (1, 3, 3, 3, 3, 1, 1, Layout::Nhwc),
+            (1, 4, 12, 25, 8, 1, 0, Layout::Nchw),
+            (1, 1, 33, 9, 9, 1, 4, Layout::Nchw),
         ];
         for (i, &(n, c, h, w, k, stride, pad, layout)) in cases.iter().enumerate() {
             let b = Batch { n, c, h, w, layout };
             let win = Window { k, stride, pad };
             let x = data(n * c * h * w, 7 + i as u64);
             let (count, sum, m) = naive(&x, b, win);
-            for method in [Method::Direct, Method::Shifted] {
+            for method in [Method::Direct, Method::Shifted, Method::Portable] {
                 let got = patch_moments(&x, b, win, None, 0, method, &[]).unwrap();
                 assert_eq!(got.count, count, "case {i} {method:?}");
                 assert_eq!(got.sum, sum, "case {i} {method:?}");

@@ -1,24 +1,34 @@
 //! Deterministic parallel reductions.
 //!
-//! Work is cut into chunks whose boundaries depend only on the problem (never on the number of
-//! threads); each chunk is reduced sequentially, and chunk partials are combined in chunk order.
-//! Float results are therefore bit-identical for any `RAYON_NUM_THREADS`, and integer results are
-//! exact whatever the order.
+//! Work is cut into chunks; each chunk is reduced sequentially, and chunk partials are combined
+//! in chunk order. Float reductions use chunks whose boundaries depend only on the problem (never
+//! on the number of threads), so their results are bit-identical for any `RAYON_NUM_THREADS`;
+//! integer results are exact whatever the order, so their chunks may be sized to the threads.
 
 use rayon::prelude::*;
 
 use crate::error::CoreResult;
 
-/// Items (images) reduced sequentially inside one chunk.
+/// Items (images) reduced sequentially inside one chunk, where the result depends on the
+/// chunking (float sums).
 pub const CHUNK_ITEMS: usize = 8;
+
+/// Chunk size for exact (integer) reductions, whose result does not depend on it: large
+/// enough to amortise the per-chunk work (a `p x p` partial), small enough to give every
+/// thread a few chunks.
+pub fn exact_chunk_items(n: usize) -> usize {
+    n.div_ceil(4 * rayon::current_num_threads())
+        .clamp(CHUNK_ITEMS, 64)
+}
 
 /// Budget for the chunk partials alive at once, in bytes: bounds memory whatever the dataset size.
 const PARTIALS_BUDGET: usize = 64 << 20;
 
-/// Reduce `n` items in fixed chunks: `map(range)` builds a partial for a chunk of item indices,
-/// `fold(total, partial)` merges them, strictly in chunk order.
+/// Reduce `n` items in chunks of `chunk_items`: `map(range)` builds a partial for a chunk of
+/// item indices, `fold(total, partial)` merges them, strictly in chunk order.
 pub fn chunked_reduce<P, M, F>(
     n: usize,
+    chunk_items: usize,
     partial_bytes: usize,
     mut total: P,
     map: M,
@@ -29,7 +39,8 @@ where
     M: Fn(std::ops::Range<usize>) -> CoreResult<P> + Sync,
     F: FnMut(&mut P, P),
 {
-    let n_chunks = n.div_ceil(CHUNK_ITEMS);
+    let chunk_items = chunk_items.max(1);
+    let n_chunks = n.div_ceil(chunk_items);
     // How many partials may be alive at once: a function of the partial size only.
     let group = (PARTIALS_BUDGET / partial_bytes.max(1)).clamp(2, 256);
     let mut start = 0;
@@ -37,7 +48,7 @@ where
         let end = (start + group).min(n_chunks);
         let partials: Vec<CoreResult<P>> = (start..end)
             .into_par_iter()
-            .map(|c| map(c * CHUNK_ITEMS..((c + 1) * CHUNK_ITEMS).min(n)))
+            .map(|c| map(c * chunk_items..((c + 1) * chunk_items).min(n)))
             .collect();
         for p in partials {
             fold(&mut total, p?);

@@ -18,7 +18,7 @@ use std::ops::Range;
 use crate::error::{CoreError, CoreResult};
 use crate::kernels::image::{to_planar, Batch, Planes, Window};
 use crate::kernels::simd;
-use crate::parallel::chunked_reduce;
+use crate::parallel::{chunked_reduce, exact_chunk_items, CHUNK_ITEMS};
 
 /// Arithmetic of one accumulation family.
 pub trait Accum: Send + Sync + 'static {
@@ -30,6 +30,8 @@ pub trait Accum: Send + Sync + 'static {
     type Total: Copy + Default + Send + Sync + PartialEq + std::fmt::Debug;
     /// Rows of products a column sum holds without overflow.
     const MAX_ROWS: usize;
+    /// Whether sums are exact (integers), so that the order of work cannot change them.
+    const EXACT: bool;
     fn mul_add(acc: Self::Col, a: Self::Plane, b: Self::Plane) -> Self::Col;
     fn mul_sub(acc: Self::Col, a: Self::Plane, b: Self::Plane) -> Self::Col;
     /// `acc + a0 b0 + a1 b1`: two rows at once (one `vpmaddwd` lane for `u8` pixels).
@@ -75,6 +77,7 @@ impl Accum for Exact {
     type Total = u64;
     // 65535 * 255^2 < 2^32.
     const MAX_ROWS: usize = 65_535;
+    const EXACT: bool = true;
     #[inline(always)]
     fn mul_add(acc: u32, a: u16, b: u16) -> u32 {
         // a, b <= 255, so the u16 product is exact; the u32 sum cannot overflow (MAX_ROWS).
@@ -161,6 +164,7 @@ impl Accum for Float {
     type Col = f64;
     type Total = f64;
     const MAX_ROWS: usize = usize::MAX;
+    const EXACT: bool = false;
     #[inline(always)]
     fn mul_add(acc: f64, a: f64, b: f64) -> f64 {
         acc + a * b
@@ -793,8 +797,16 @@ pub fn patch_moments<T: Pixel>(
     };
     let planes = Planes::new(hp, wp, win.k - 1, wc);
     let partial_bytes = (p * p + p * (n_classes + 1)) * std::mem::size_of::<Tot<T>>();
+    // Float sums depend on the chunking: keep it fixed. Integer sums do not: bigger chunks
+    // amortise the per-chunk partial and the specialised kernels' once-per-chunk step.
+    let chunk_items = if T::Acc::EXACT {
+        exact_chunk_items(batch.n)
+    } else {
+        CHUNK_ITEMS
+    };
     chunked_reduce(
         batch.n,
+        chunk_items,
         partial_bytes,
         Moments::<Tot<T>>::zeros(p, n_classes),
         |range| {

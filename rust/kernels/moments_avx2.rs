@@ -3,9 +3,9 @@
 //! Same algorithm and same integers as the portable kernel in `moments.rs` (so the same bits),
 //! arranged so that the work per product is three instructions:
 //!
-//! * pixels are `u16` in two interleaved copies of the planes: `pairs` holds a pixel and the one
-//!   below it, `singles` a pixel and a zero. One `vpmaddwd` of an A pair with a B pair is the
-//!   sum of two rows' products for 8 columns; with a B single, one row's;
+//! * pixels are `u16`, and interleaved with the row below in `pairs`: one `vpmaddwd` of an A
+//!   pair with a B pair is the sum of two rows' products for 8 columns; with B's row
+//!   zero-extended (`vpmovzxwd`, a pixel and a zero), one row's;
 //! * for one channel pair `(c1, c2)` and row shift `di`, all `2k - 1` column shifts `dj` are
 //!   done together, in a strip of 8 columns at a time: the A pair is loaded once and each `dj`
 //!   loads B at its offset, so the `2k - 1` column sums (`u32`, 8 lanes each) stay in registers
@@ -20,8 +20,8 @@
 //!   `sum p p^T` once per chunk ([`flush`]): that step costs `O(p^2)` whatever the image size.
 //!
 //! `u32` lanes: an edge column sums at most `Exact::MAX_ROWS` products below `2^16` (taller
-//! images use the portable kernel); interior lanes are widened into `u64` totals before they can
-//! wrap.
+//! images use the portable kernel); interior strips are summed in groups small enough that a
+//! lane holds a whole image, and widened into `u64` per window.
 
 use std::arch::x86_64::*;
 use std::ops::Range;
@@ -34,14 +34,16 @@ const STRIP: usize = 8;
 /// Buffers of the kernel, kept by the caller's worker between images.
 #[derive(Default)]
 pub struct Scratch {
-    singles: Vec<u16>,
-    /// Running `u64` totals at each row cut: `[cut][dj]`, 4 lanes each.
-    totals: Vec<[u64; 4]>,
-    /// Running sums of the edge strips at each row cut: `[cut][slot][dj]`, 8 columns each.
-    edges: Vec<[u32; 8]>,
+    /// Running sums of one block at each row cut, `u32` lanes: the interior strips of each
+    /// column group `[group][cut][dj]`, and each edge strip `[slot][cut][dj]`.
+    snap_tot: Vec<[u32; 8]>,
+    snap_edge: Vec<[u32; 8]>,
     cuts: Vec<usize>,
     /// Edge slot of each strip, or `NO_SLOT`.
     slot_of: Vec<usize>,
+    /// Interior strips in groups whose lanes cannot wrap over the whole image, and edge strips.
+    groups: Vec<Vec<usize>>,
+    edge_strips: Vec<usize>,
     /// Window-row sums added up over the images since the last [`flush`], per block, window
     /// row offset and column shift: all columns (`u64`, 4 lanes) and the edge strips (`u32`).
     acc_tot: Vec<[u64; 4]>,
@@ -108,21 +110,28 @@ pub unsafe fn second_moments(
     if sc.shape != Some(s) || (sc.pending + 1) * (s.ho + k - 1) > 66_051 {
         flush(sc, second);
     }
-    sc.singles.clear();
-    sc.singles.resize(2 * planes.len(), 0);
-    for (d, &v) in sc.singles.iter_mut().step_by(2).zip(planes) {
-        *d = v;
-    }
-    // Strips holding edge columns, [0, k - 1) on the left and [wo, wo + k - 1) on the right.
+    // Strips holding edge columns, [0, k - 1) on the left and [wo, wo + k - 1) on the right;
+    // the other strips in groups whose u32 lanes hold a whole image's products (hp rows).
     let nv = s.wc / STRIP;
+    let hp = s.ho + k - 1;
+    let group_size = (66_051 / hp).max(1);
     sc.slot_of.clear();
-    let mut n_slots = 0;
+    sc.edge_strips.clear();
+    sc.groups.clear();
     for v in 0..nv {
         let (a, b) = (STRIP * v, STRIP * v + STRIP);
-        let edge = a < k - 1 || (b > s.wo && a < s.wo + k - 1);
-        sc.slot_of.push(if edge { n_slots } else { NO_SLOT });
-        n_slots += usize::from(edge);
+        if a < k - 1 || (b > s.wo && a < s.wo + k - 1) {
+            sc.slot_of.push(sc.edge_strips.len());
+            sc.edge_strips.push(v);
+        } else {
+            sc.slot_of.push(NO_SLOT);
+            match sc.groups.last_mut() {
+                Some(g) if g.len() < group_size => g.push(v),
+                _ => sc.groups.push(vec![v]),
+            }
+        }
     }
+    let n_slots = sc.edge_strips.len();
     if sc.shape.is_none() {
         let n = blocks(s.c, k).count() * k * nd;
         sc.acc_tot.clear();
@@ -142,50 +151,50 @@ pub unsafe fn second_moments(
         sc.cuts.sort_unstable();
         sc.cuts.dedup();
         let n_cuts = sc.cuts.len();
-        sc.totals.clear();
-        sc.totals.resize(n_cuts * nd, [0; 4]);
-        sc.edges.clear();
-        sc.edges.resize(n_cuts * n_slots * nd, [0; 8]);
-        let b_base = 2 * pl.offset(c2, 0, 0);
+        sc.snap_tot.clear();
+        sc.snap_tot.resize(sc.groups.len() * n_cuts * nd, [0; 8]);
+        sc.snap_edge.clear();
+        sc.snap_edge.resize(n_slots * n_cuts * nd, [0; 8]);
+        let b0 = pl.offset(c2, 0, 0) - (k - 1);
         let rows = Rows {
             a: &pairs[2 * pl.offset(c1, 0, 0)..],
-            b_pairs: &pairs[b_base - 2 * (k - 1)..],
-            b_singles: &sc.singles[b_base - 2 * (k - 1)..],
-            row: 2 * pl.row_len,
+            b_pairs: &pairs[2 * b0..],
+            b_planes: &planes[b0..],
+            row: pl.row_len,
             di,
-            slot_of: &sc.slot_of,
         };
-        for j in 1..n_cuts {
-            let (r0, r1) = (sc.cuts[j - 1], sc.cuts[j]);
-            let (done, next) = sc.totals.split_at_mut(j * nd);
-            let tot = &mut next[..nd];
-            tot.copy_from_slice(&done[(j - 1) * nd..]);
-            let (done, next) = sc.edges.split_at_mut(j * n_slots * nd);
-            let edge = &mut next[..n_slots * nd];
-            edge.copy_from_slice(&done[(j - 1) * n_slots * nd..]);
-            dispatch(nd, &rows, r0..r1, tot, edge);
+        for (g, strips) in sc.groups.iter().enumerate() {
+            let snaps = &mut sc.snap_tot[g * n_cuts * nd..(g + 1) * n_cuts * nd];
+            dispatch(nd, &rows, strips, &sc.cuts, snaps);
         }
-        // The window of offset ai covers rows [ai, ai + ho): a difference of running sums.
+        for (slot, &v) in sc.edge_strips.iter().enumerate() {
+            let snaps = &mut sc.snap_edge[slot * n_cuts * nd..(slot + 1) * n_cuts * nd];
+            dispatch(nd, &rows, &[v], &sc.cuts, snaps);
+        }
+        // The window of offset ai covers rows [ai, ai + ho): a difference of running sums,
+        // exact in wrapping u32 lanes since the true value fits.
         let cut = |r: usize| sc.cuts.binary_search(&r).expect("rows are cut at windows");
         for (t, ai) in ai.enumerate() {
             let (ja, jb) = (cut(ai), cut(ai + s.ho));
             let at = (bidx * k + t) * nd;
+            let diff = |snaps: &[[u32; 8]], base: usize, d: usize| {
+                let a = _mm256_loadu_si256(snaps[base + ja * nd + d].as_ptr() as *const __m256i);
+                let b = _mm256_loadu_si256(snaps[base + jb * nd + d].as_ptr() as *const __m256i);
+                _mm256_sub_epi32(b, a)
+            };
             for d in 0..nd {
-                let acc = sc.acc_tot[at + d].as_mut_ptr() as *mut __m256i;
-                let ta = _mm256_loadu_si256(sc.totals[ja * nd + d].as_ptr() as *const _);
-                let tb = _mm256_loadu_si256(sc.totals[jb * nd + d].as_ptr() as *const _);
-                let sum = _mm256_add_epi64(_mm256_loadu_si256(acc), _mm256_sub_epi64(tb, ta));
-                _mm256_storeu_si256(acc, sum);
+                let mut sum = _mm256_loadu_si256(sc.acc_tot[at + d].as_ptr() as *const __m256i);
+                for g in 0..sc.groups.len() {
+                    let w = diff(&sc.snap_tot, g * n_cuts * nd, d);
+                    let lo = _mm256_cvtepu32_epi64(_mm256_castsi256_si128(w));
+                    let hi = _mm256_cvtepu32_epi64(_mm256_extracti128_si256::<1>(w));
+                    sum = _mm256_add_epi64(sum, _mm256_add_epi64(lo, hi));
+                }
+                _mm256_storeu_si256(sc.acc_tot[at + d].as_mut_ptr() as *mut __m256i, sum);
                 for slot in 0..n_slots {
-                    let acc = sc.acc_edge[(at + d) * n_slots + slot].as_mut_ptr();
-                    let acc = acc as *mut __m256i;
-                    let ea = sc.edges[(ja * n_slots + slot) * nd + d].as_ptr();
-                    let eb = sc.edges[(jb * n_slots + slot) * nd + d].as_ptr();
-                    let diff = _mm256_sub_epi32(
-                        _mm256_loadu_si256(eb as *const __m256i),
-                        _mm256_loadu_si256(ea as *const __m256i),
-                    );
-                    _mm256_storeu_si256(acc, _mm256_add_epi32(_mm256_loadu_si256(acc), diff));
+                    let w = diff(&sc.snap_edge, slot * n_cuts * nd, d);
+                    let acc = sc.acc_edge[(at + d) * n_slots + slot].as_mut_ptr() as *mut __m256i;
+                    _mm256_storeu_si256(acc, _mm256_add_epi32(_mm256_loadu_si256(acc), w));
                 }
             }
         }
@@ -218,32 +227,32 @@ pub unsafe fn flush(sc: &mut Scratch, second: &mut [u64]) {
     sc.pending = 0;
 }
 
-/// The rows one `(c1, c2, di)` block reads. `b_pairs` and `b_singles` start `k - 1` columns
-/// left of column 0 of channel `c2`, so that shift `dj` reads at column `x + dj + k - 1 >= 0`.
+/// The rows one `(c1, c2, di)` block reads: A's pairs (channel `c1`), and B's pairs and planes
+/// (channel `c2`) from `k - 1` columns left of column 0, so that the column shift of index `d`
+/// (`dj = d - (k - 1)`) reads B at column `x + d`.
 struct Rows<'a> {
     a: &'a [u16],
     b_pairs: &'a [u16],
-    b_singles: &'a [u16],
-    /// `u16` elements from one interleaved row to the next.
+    b_planes: &'a [u16],
+    /// Elements from one planar row to the next (twice that in the pairs).
     row: usize,
     di: isize,
-    slot_of: &'a [usize],
 }
 
-/// Calls the row-piece kernel with the number of column shifts as a constant, so that its
-/// sums live in registers.
+/// Calls the block pass with the number of column shifts as a constant, so that its sums live
+/// in registers.
 #[target_feature(enable = "avx2")]
 unsafe fn dispatch(
     nd: usize,
     rows: &Rows<'_>,
-    r: Range<usize>,
-    tot: &mut [[u64; 4]],
-    edge: &mut [[u32; 8]],
+    strips: &[usize],
+    cuts: &[usize],
+    snaps: &mut [[u32; 8]],
 ) {
     macro_rules! go {
         ($($n:literal)*) => {
             match nd {
-                $($n => piece::<$n>(rows, r, tot, edge),)*
+                $($n => pass::<$n>(rows, strips, cuts, snaps),)*
                 _ => unreachable!("kernel sizes are 2..=15"),
             }
         };
@@ -257,90 +266,54 @@ unsafe fn load(x: &[u16], at: usize) -> __m256i {
     _mm256_loadu_si256(x.as_ptr().add(at) as *const __m256i)
 }
 
-/// Widens the `u32` lanes of `acc` into the `u64` lanes of `tot`.
+/// 8 pixels from `at`, each followed by a zero: one row in the layout of the pairs.
 #[inline(always)]
-unsafe fn widen_into(tot: &mut [u64; 4], acc: __m256i) {
-    let lo = _mm256_cvtepu32_epi64(_mm256_castsi256_si128(acc));
-    let hi = _mm256_cvtepu32_epi64(_mm256_extracti128_si256::<1>(acc));
-    let t = _mm256_loadu_si256(tot.as_ptr() as *const __m256i);
-    let sum = _mm256_add_epi64(t, _mm256_add_epi64(lo, hi));
-    _mm256_storeu_si256(tot.as_mut_ptr() as *mut __m256i, sum);
+unsafe fn load_single(x: &[u16], at: usize) -> __m256i {
+    debug_assert!(at + 8 <= x.len());
+    _mm256_cvtepu16_epi32(_mm_loadu_si128(x.as_ptr().add(at) as *const __m128i))
 }
 
-/// Adds the products of rows `r` (of A with B shifted by `di` and each of the `ND` column
-/// shifts) to `tot` (the interior strips, all columns together) and `edge` (the edge strips,
-/// per column).
+/// Running sums down the rows, over the columns of `strips` together, of A's row `r` times B's
+/// row `r + di` shifted by each of the `ND` column shifts: `snaps[j * ND + d]` is the sum over
+/// the rows `[cuts[0], cuts[j])`. Two rows per instruction where a piece between cuts allows.
 #[target_feature(enable = "avx2")]
-unsafe fn piece<const ND: usize>(
+unsafe fn pass<const ND: usize>(
     rows: &Rows<'_>,
-    r: Range<usize>,
-    tot: &mut [[u64; 4]],
-    edge: &mut [[u32; 8]],
+    strips: &[usize],
+    cuts: &[usize],
+    snaps: &mut [[u32; 8]],
 ) {
-    // Each strip is its own loop over the rows, so that its ND sums stay in registers: the
-    // interior strips all add into one set, each edge strip keeps its own.
-    let n_slots = edge.len() / ND;
-    let interior = rows.slot_of.len() - n_slots;
-    // Interior lanes take at most 2 * 255^2 per instruction: widen before 2^32 / 130050.
-    let flush_every = (33_000 / interior.max(1)).max(1);
     let mut acc = [_mm256_setzero_si256(); ND];
-    let mut row = r.start;
-    let mut since = 0;
-    while row < r.end {
-        // Two rows per instruction, or the last one alone (its partner times a zero).
-        let single = row + 1 == r.end;
-        let b_src = if single { rows.b_singles } else { rows.b_pairs };
-        let a_row = row * rows.row;
-        let b_row = ((row as isize + rows.di) as usize) * rows.row;
-        for (v, _) in rows
-            .slot_of
-            .iter()
-            .enumerate()
-            .filter(|(_, &s)| s == NO_SLOT)
-        {
-            let a = load(rows.a, a_row + 2 * STRIP * v);
-            let b_at = b_row + 2 * STRIP * v;
-            for (d, acc) in acc.iter_mut().enumerate() {
-                let b = load(b_src, b_at + 2 * d);
-                *acc = _mm256_add_epi32(*acc, _mm256_madd_epi16(a, b));
+    for (j, w) in cuts.windows(2).enumerate() {
+        let mut r = w[0];
+        while r + 1 < w[1] {
+            let a_row = 2 * r * rows.row;
+            let b_row = 2 * ((r as isize + rows.di) as usize) * rows.row;
+            for &v in strips {
+                let a = load(rows.a, a_row + 2 * STRIP * v);
+                let b_at = b_row + 2 * STRIP * v;
+                for (d, acc) in acc.iter_mut().enumerate() {
+                    let b = load(rows.b_pairs, b_at + 2 * d);
+                    *acc = _mm256_add_epi32(*acc, _mm256_madd_epi16(a, b));
+                }
+            }
+            r += 2;
+        }
+        if r < w[1] {
+            // The last row alone: B's row with zeros in place of the row below.
+            let a_row = 2 * r * rows.row;
+            let b_row = ((r as isize + rows.di) as usize) * rows.row;
+            for &v in strips {
+                let a = load(rows.a, a_row + 2 * STRIP * v);
+                let b_at = b_row + STRIP * v;
+                for (d, acc) in acc.iter_mut().enumerate() {
+                    let b = load_single(rows.b_planes, b_at + d);
+                    *acc = _mm256_add_epi32(*acc, _mm256_madd_epi16(a, b));
+                }
             }
         }
-        row += if single { 1 } else { 2 };
-        since += 1;
-        if since == flush_every {
-            for (t, a) in tot.iter_mut().zip(&mut acc) {
-                widen_into(t, *a);
-                *a = _mm256_setzero_si256();
-            }
-            since = 0;
-        }
-    }
-    for (t, &a) in tot.iter_mut().zip(&acc) {
-        widen_into(t, a);
-    }
-    for (v, &slot) in rows
-        .slot_of
-        .iter()
-        .enumerate()
-        .filter(|(_, &s)| s != NO_SLOT)
-    {
-        // Edge columns sum at most MAX_ROWS rows: u32 lanes hold them.
-        let mut acc = [_mm256_setzero_si256(); ND];
-        let mut row = r.start;
-        while row < r.end {
-            let single = row + 1 == r.end;
-            let b_src = if single { rows.b_singles } else { rows.b_pairs };
-            let a = load(rows.a, row * rows.row + 2 * STRIP * v);
-            let b_at = ((row as isize + rows.di) as usize) * rows.row + 2 * STRIP * v;
-            for (d, acc) in acc.iter_mut().enumerate() {
-                let b = load(b_src, b_at + 2 * d);
-                *acc = _mm256_add_epi32(*acc, _mm256_madd_epi16(a, b));
-            }
-            row += if single { 1 } else { 2 };
-        }
-        for (e, &a) in edge[slot * ND..(slot + 1) * ND].iter_mut().zip(&acc) {
-            let old = _mm256_loadu_si256(e.as_ptr() as *const __m256i);
-            _mm256_storeu_si256(e.as_mut_ptr() as *mut __m256i, _mm256_add_epi32(old, a));
+        for (snap, &a) in snaps[(j + 1) * ND..(j + 2) * ND].iter_mut().zip(&acc) {
+            _mm256_storeu_si256(snap.as_mut_ptr() as *mut __m256i, a);
         }
     }
 }

@@ -9,7 +9,7 @@ use rustfft::{Fft, FftPlanner};
 use crate::error::{CoreError, CoreResult};
 use crate::kernels::image::Batch;
 use crate::kernels::moments::Pixel;
-use crate::parallel::chunked_reduce;
+use crate::parallel::{chunked_reduce, CHUNK_ITEMS};
 
 /// Forward 2D DFT of `h x w` planes, planned once and applied to many.
 pub struct Dft2 {
@@ -86,6 +86,7 @@ pub fn power_sum<T: Pixel>(x: &[T], batch: Batch) -> CoreResult<Vec<f64>> {
     let len = c * h * w;
     chunked_reduce(
         batch.n,
+        CHUNK_ITEMS,
         len * 8,
         vec![0.0f64; len],
         |range| {

@@ -93,8 +93,6 @@ def _tmpfile(data: bytes) -> str:
     return name
 
 
-
-
 @SETTINGS
 @given(data=st.one_of(st.binary(max_size=256), mutated(_seeds("stats"))))
 def test_stats_load_raises_only_value_or_file_errors(data: bytes) -> None:
@@ -125,7 +123,7 @@ def test_read_checkpoint_raises_only_value_errors(checkpoint_seed: bytes, data: 
     path = _tmpfile(blob)
     try:
         read_checkpoint(path)
-    except (ValueError):
+    except ValueError:
         pass
     finally:
         os.unlink(path)

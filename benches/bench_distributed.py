@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
-import io
 import json
 import os
 import platform
@@ -42,44 +41,10 @@ from typing import Any
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-RESULTS = REPO / "bench-results"
-N_TRAIN = 50_000
+from _cifar import N_TRAIN, RESULTS, train_npy
+
 IMAGENET_TRAIN = 1_281_167
 IMAGENET_SIDE = 224
-
-
-def data_dir() -> Path:
-    env = os.environ.get("FIRSTLAYER_DATA")
-    return Path(env) if env else REPO.parent / "shared" / "data"
-
-
-def cached_npy(n: int) -> Path:
-    """A uint8 NCHW ``.npy`` holding at least the first ``n`` training images (decoded once)."""
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    full = RESULTS / f"cifar10_train_jpeg_q75_nchw_{N_TRAIN}.npy"
-    if full.exists():
-        return full
-    cache = RESULTS / f"cifar10_train_jpeg_q75_nchw_{n}.npy"
-    if cache.exists():
-        return cache
-    from PIL import Image
-
-    src = data_dir() / "cifar10_jpeg_q75.npz"
-    if not src.exists():
-        raise SystemExit(f"{src} not found; set FIRSTLAYER_DATA to the folder holding it")
-    t0 = time.perf_counter()
-    with np.load(src, allow_pickle=False) as z:
-        jpeg, offsets = z["jpeg"], z["offsets"]
-    out = np.empty((n, 3, 32, 32), dtype=np.uint8)
-    for i in range(n):
-        with Image.open(io.BytesIO(jpeg[offsets[i] : offsets[i + 1]].tobytes())) as im:
-            out[i] = np.asarray(im.convert("RGB"), dtype=np.uint8).transpose(2, 0, 1)
-    tmp = cache.with_suffix(".tmp.npy")
-    np.save(tmp, out)
-    os.replace(tmp, cache)
-    print(f"decoded {n:,} JPEGs in {time.perf_counter() - t0:.1f} s -> {cache}", file=sys.stderr)
-    return cache
 
 
 def make_shards(path: Path, n: int, n_shards: int) -> list[tuple[str, int, int]]:
@@ -196,7 +161,7 @@ def main() -> None:
         raise SystemExit(f"--images: expected 1..{N_TRAIN}, got {args.images}")
     cores = os.cpu_count() or 1
     load = os.getloadavg()[0]
-    path = cached_npy(args.images)
+    path = train_npy(args.images)
 
     rows: dict[str, dict[str, Any]] = {}
     for name, mode, threads in (

@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
-import io
 import json
 import math
 import os
@@ -53,9 +52,8 @@ from typing import Any
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-RESULTS = REPO / "bench-results"
-N_TRAIN = 50_000
+from _cifar import N_TRAIN, RESULTS, data_dir, train_npy
+
 K = 7
 SEED = 2024
 METHODS = ("firstlayer-u8", "firstlayer-f32", "sklearn", "torch-unfold")
@@ -66,31 +64,6 @@ UNFOLD_BATCH = 256
 
 # ----------------------------------------------------------------------------------------------
 # data
-
-
-def data_dir() -> Path:
-    env = os.environ.get("FIRSTLAYER_DATA")
-    return Path(env) if env else REPO.parent / "shared" / "data"
-
-
-def decode_train(n: int) -> Path:
-    """The first ``n`` training images decoded from the JPEG copy, uint8 NCHW, cached as .npy."""
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    cache = RESULTS / f"cifar10_train_jpeg_q75_nchw_{n}.npy"
-    if cache.exists():
-        return cache
-    from PIL import Image
-
-    with np.load(data_dir() / "cifar10_jpeg_q75.npz", allow_pickle=False) as z:
-        jpeg, offsets = z["jpeg"], z["offsets"]
-    out = np.empty((n, 3, 32, 32), dtype=np.uint8)
-    for g in range(n):
-        with Image.open(io.BytesIO(jpeg[offsets[g] : offsets[g + 1]].tobytes())) as im:
-            out[g] = np.asarray(im.convert("RGB"), dtype=np.uint8).transpose(2, 0, 1)
-    tmp = cache.with_suffix(".tmp.npy")
-    np.save(tmp, out)
-    os.replace(tmp, cache)
-    return cache
 
 
 def exact_subset() -> Path:
@@ -218,7 +191,7 @@ def main() -> None:
     else:
         if not 1 <= args.images <= N_TRAIN:
             raise SystemExit(f"--images must be in 1..{N_TRAIN}, got {args.images}")
-        path, counts, repeat = decode_train(args.images), [1_000_000, 10_000_000], args.repeat or 3
+        path, counts, repeat = train_npy(args.images), [1_000_000, 10_000_000], args.repeat or 3
     if args.counts:
         counts = [int(c) for c in args.counts.split(",")]
     methods = [m for m in args.methods.split(",") if m]

@@ -45,14 +45,9 @@ from typing import Any
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-RESULTS = REPO / "bench-results"
+from _cifar import RESULTS, data_dir
+
 K, RESIZE, CROP = 7, 256, 224
-
-
-def data_dir() -> Path:
-    env = os.environ.get("FIRSTLAYER_DATA")
-    return Path(env) if env else REPO.parent / "shared" / "data"
 
 
 def _write_part(args: tuple[str, int, int]) -> int:

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
-import io
 import json
 import os
 import platform
@@ -43,9 +42,8 @@ from typing import Any
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-RESULTS = REPO / "bench-results"
-N_TRAIN = 50_000
+from _cifar import N_TRAIN, REPO, RESULTS, data_dir, train_npy
+
 METHODS = ("firstlayer", "torch-f32", "torch-f64", "numpy-f64", "paper")
 PEERS = METHODS[1:]
 DESCRIPTIONS = {
@@ -61,42 +59,10 @@ DESCRIPTIONS = {
 # data
 
 
-def data_dir() -> Path:
-    env = os.environ.get("FIRSTLAYER_DATA")
-    if env:
-        return Path(env)
-    return REPO.parent / "shared" / "data"
-
-
-def decode_train(n: int) -> np.ndarray:
-    """First ``n`` CIFAR-10 training images decoded from the JPEG copy, uint8 NCHW, cached."""
-    from PIL import Image
-
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    full = RESULTS / f"cifar10_train_jpeg_q75_nchw_{N_TRAIN}.npy"
-    if full.exists():
-        return np.array(np.load(full, mmap_mode="r")[:n])  # a plain in-memory copy
-    cache = RESULTS / f"cifar10_train_jpeg_q75_nchw_{n}.npy"
-    if cache.exists():
-        return np.load(cache)
-    with np.load(data_dir() / "cifar10_jpeg_q75.npz", allow_pickle=False) as z:
-        jpeg = z["jpeg"]
-        offsets = z["offsets"]
-    out = np.empty((n, 3, 32, 32), dtype=np.uint8)
-    for g in range(n):
-        raw = jpeg[offsets[g] : offsets[g + 1]].tobytes()
-        with Image.open(io.BytesIO(raw)) as im:
-            out[g] = np.asarray(im.convert("RGB"), dtype=np.uint8).transpose(2, 0, 1)
-    tmp = cache.with_suffix(".tmp.npy")
-    np.save(tmp, out)
-    os.replace(tmp, cache)
-    return out
-
-
 def load_input(n: int) -> np.ndarray:
     if not 1 <= n <= N_TRAIN:
         raise SystemExit(f"--images must be in 1..{N_TRAIN}, got {n}")
-    return decode_train(n)
+    return np.load(train_npy(n))
 
 
 def load_exact(n: int) -> np.ndarray:

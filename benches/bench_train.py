@@ -24,18 +24,14 @@ from __future__ import annotations
 import argparse
 import io
 import json
-import os
 import time
 from pathlib import Path
 
 import numpy as np
 
+from _cifar import data_dir
+
 REPO = Path(__file__).resolve().parent.parent
-
-
-def shared_data() -> Path:
-    env = os.environ.get("FIRSTLAYER_DATA")
-    return Path(env) if env else REPO.parent / "shared" / "data"
 
 
 def cifar_jpeg_npz(n: int, cache: Path, *, start: int = 0) -> Path:
@@ -45,7 +41,7 @@ def cifar_jpeg_npz(n: int, cache: Path, *, start: int = 0) -> Path:
     out = cache / f"cifar10_jpeg_{start}_{n}.npz"
     if out.is_file():
         return out
-    with np.load(shared_data() / "cifar10_jpeg_q75.npz", allow_pickle=False) as f:
+    with np.load(data_dir() / "cifar10_jpeg_q75.npz", allow_pickle=False) as f:
         data, offsets, labels = f["jpeg"], f["offsets"], f["labels"]
     images = np.empty((n, 3, 32, 32), dtype=np.uint8)
     for i in range(n):

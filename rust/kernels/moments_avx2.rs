@@ -38,7 +38,8 @@ pub struct Scratch {
     /// column group `[group][cut][dj]`, and each edge strip `[slot][cut][dj]`.
     snap_tot: Vec<[u32; 8]>,
     snap_edge: Vec<[u32; 8]>,
-    cuts: Vec<usize>,
+    /// Row cuts of each row shift `di`, indexed by `di + k - 1`.
+    cuts: Vec<Vec<usize>>,
     /// Edge slot of each strip, or `NO_SLOT`.
     slot_of: Vec<usize>,
     /// Interior strips in groups whose lanes cannot wrap over the whole image, and edge strips.
@@ -110,47 +111,15 @@ pub unsafe fn second_moments(
     if sc.shape != Some(s) || (sc.pending + 1) * (s.ho + k - 1) > 66_051 {
         flush(sc, second);
     }
-    // Strips holding edge columns, [0, k - 1) on the left and [wo, wo + k - 1) on the right;
-    // the other strips in groups whose u32 lanes hold a whole image's products (hp rows).
-    let nv = s.wc / STRIP;
-    let hp = s.ho + k - 1;
-    let group_size = (66_051 / hp).max(1);
-    sc.slot_of.clear();
-    sc.edge_strips.clear();
-    sc.groups.clear();
-    for v in 0..nv {
-        let (a, b) = (STRIP * v, STRIP * v + STRIP);
-        if a < k - 1 || (b > s.wo && a < s.wo + k - 1) {
-            sc.slot_of.push(sc.edge_strips.len());
-            sc.edge_strips.push(v);
-        } else {
-            sc.slot_of.push(NO_SLOT);
-            match sc.groups.last_mut() {
-                Some(g) if g.len() < group_size => g.push(v),
-                _ => sc.groups.push(vec![v]),
-            }
-        }
-    }
-    let n_slots = sc.edge_strips.len();
     if sc.shape.is_none() {
-        let n = blocks(s.c, k).count() * k * nd;
-        sc.acc_tot.clear();
-        sc.acc_tot.resize(n, [0; 4]);
-        sc.acc_edge.clear();
-        sc.acc_edge.resize(n * n_slots, [0; 8]);
-        sc.shape = Some(s);
-        sc.n_slots = n_slots;
+        layout(sc, s);
     }
+    let n_slots = sc.n_slots;
     sc.pending += 1;
     for (bidx, (c1, c2, di)) in blocks(s.c, k).enumerate() {
         let ai = offset_range(k, di);
-        // Row cuts: every window starts at some ai and ends before ai + ho.
-        sc.cuts.clear();
-        sc.cuts.extend(ai.clone());
-        sc.cuts.extend(ai.clone().map(|a| a + s.ho));
-        sc.cuts.sort_unstable();
-        sc.cuts.dedup();
-        let n_cuts = sc.cuts.len();
+        let cuts = &sc.cuts[(di + k as isize - 1) as usize];
+        let n_cuts = cuts.len();
         sc.snap_tot.clear();
         sc.snap_tot.resize(sc.groups.len() * n_cuts * nd, [0; 8]);
         sc.snap_edge.clear();
@@ -165,15 +134,15 @@ pub unsafe fn second_moments(
         };
         for (g, strips) in sc.groups.iter().enumerate() {
             let snaps = &mut sc.snap_tot[g * n_cuts * nd..(g + 1) * n_cuts * nd];
-            dispatch(nd, &rows, strips, &sc.cuts, snaps);
+            dispatch(nd, &rows, strips, cuts, snaps);
         }
         for (slot, &v) in sc.edge_strips.iter().enumerate() {
             let snaps = &mut sc.snap_edge[slot * n_cuts * nd..(slot + 1) * n_cuts * nd];
-            dispatch(nd, &rows, &[v], &sc.cuts, snaps);
+            dispatch(nd, &rows, &[v], cuts, snaps);
         }
         // The window of offset ai covers rows [ai, ai + ho): a difference of running sums,
         // exact in wrapping u32 lanes since the true value fits.
-        let cut = |r: usize| sc.cuts.binary_search(&r).expect("rows are cut at windows");
+        let cut = |r: usize| cuts.binary_search(&r).expect("rows are cut at windows");
         for (t, ai) in ai.enumerate() {
             let (ja, jb) = (cut(ai), cut(ai + s.ho));
             let at = (bidx * k + t) * nd;
@@ -199,6 +168,49 @@ pub unsafe fn second_moments(
             }
         }
     }
+}
+
+/// What depends on the shape only, made once per run of images of that shape: the strips
+/// holding edge columns (`[0, k - 1)` on the left, `[wo, wo + k - 1)` on the right), the other
+/// strips in groups whose `u32` lanes hold a whole image's products (`hp` rows), the row cuts of
+/// each row shift (every window starts at some `ai` and ends before `ai + ho`), and zeroed
+/// accumulators.
+fn layout(sc: &mut Scratch, s: Shape) {
+    let k = s.k;
+    let nd = 2 * k - 1;
+    let group_size = (66_051 / (s.ho + k - 1)).max(1);
+    sc.slot_of.clear();
+    sc.edge_strips.clear();
+    sc.groups.clear();
+    for v in 0..s.wc / STRIP {
+        let (a, b) = (STRIP * v, STRIP * v + STRIP);
+        if a < k - 1 || (b > s.wo && a < s.wo + k - 1) {
+            sc.slot_of.push(sc.edge_strips.len());
+            sc.edge_strips.push(v);
+        } else {
+            sc.slot_of.push(NO_SLOT);
+            match sc.groups.last_mut() {
+                Some(g) if g.len() < group_size => g.push(v),
+                _ => sc.groups.push(vec![v]),
+            }
+        }
+    }
+    sc.cuts = (0..nd)
+        .map(|d| {
+            let ai = offset_range(k, d as isize - (k as isize - 1));
+            let mut cuts: Vec<usize> = ai.clone().chain(ai.map(|a| a + s.ho)).collect();
+            cuts.sort_unstable();
+            cuts.dedup();
+            cuts
+        })
+        .collect();
+    sc.n_slots = sc.edge_strips.len();
+    let n = blocks(s.c, k).count() * k * nd;
+    sc.acc_tot.clear();
+    sc.acc_tot.resize(n, [0; 4]);
+    sc.acc_edge.clear();
+    sc.acc_edge.resize(n * sc.n_slots, [0; 8]);
+    sc.shape = Some(s);
 }
 
 /// Adds the window sums accumulated in `sc` to `second` and empties the accumulators.

@@ -470,11 +470,15 @@ def test_importing_the_report_and_cli_stays_light() -> None:
 # --------------------------------------------------------------------------------------------
 
 _DECODE_ALL = """
+// Wait for the whole page (a big report may still be parsing when the driver hands back
+// control), then decode every image.
 const done = arguments[arguments.length - 1];
-Promise.all(Array.from(document.images).map(img => img.decode().then(
+const decodeAll = () => Promise.all(Array.from(document.images).map(img => img.decode().then(
     () => [img.dataset.file || img.src.slice(0, 40), img.naturalWidth, img.naturalHeight, "ok"],
     err => [img.dataset.file || img.src.slice(0, 40), img.naturalWidth, img.naturalHeight,
             String(err)]))).then(done);
+if (document.readyState === "complete") decodeAll();
+else window.addEventListener("load", decodeAll);
 """
 
 

@@ -272,6 +272,12 @@ def jpegs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[Path]]:
     big = mosaics()[:3] + photos()
     tiny = [m[:, :k] for m in mosaics()[3:] for k in (1, 2, 3, 5)] + [mosaics()[1][:9, :7]]
     gray = [np.asarray(Image.fromarray(a).convert("L")) if a.ndim == 3 else a for a in big]
+    # As in benches/bench_folder_stats.py: Resize(256) is a no-op on these, so CenterCrop(224)
+    # goes through the decoder's crop window (only the kept blocks and pixels are decoded).
+    upscaled = [
+        np.asarray(Image.fromarray(a).resize((256, 256), Image.Resampling.BICUBIC))
+        for a in cifar_hwc(12)
+    ] + [np.asarray(Image.fromarray(mosaics()[1]).resize((300, 257)))]
     return {
         "cifar q75": real,
         "4:2:0 q90": save(root / "420", big, "JPEG", quality=90),
@@ -282,10 +288,14 @@ def jpegs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[Path]]:
         "restarts": save(root / "rst", big[:3], "JPEG", quality=85, restart_marker_blocks=5),
         "tiny 4:2:0": save(root / "tiny420", tiny, "JPEG", quality=90),
         "tiny 4:2:2": save(root / "tiny422", tiny, "JPEG", quality=90, subsampling=1),
+        "256 4:2:0 q90": save(root / "up420", upscaled, "JPEG", quality=90),
+        "256 4:2:2 q90": save(root / "up422", upscaled[-4:], "JPEG", quality=90, subsampling=1),
     }
 
 
-@pytest.mark.parametrize("opts", [OPTIONS[0], OPTIONS[1], OPTIONS[2]], ids=lambda o: o.describe())
+@pytest.mark.parametrize(
+    "opts", [OPTIONS[i] for i in (0, 1, 2, 3, 7, 8)], ids=lambda o: o.describe()
+)
 def test_jpeg_matches_pillow(
     jpegs: dict[str, list[Path]], opts: DecodeOptions, capsys: pytest.CaptureFixture[str]
 ) -> None:

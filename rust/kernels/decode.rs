@@ -11,8 +11,8 @@
 //!    (Python's `round`);
 //! 4. grayscale: ITU-R 601-2 luma with Pillow's integer rounding.
 //!
-//! PNG and BMP are decoded by the `image` crate. Baseline JPEGs are decoded here (module
-//! `libjpeg`), reproducing libjpeg-turbo's default output that Pillow returns (islow IDCT, fancy
+//! PNG and BMP are decoded by the `image` crate. Baseline JPEGs are decoded by `jpeg.rs`,
+//! reproducing libjpeg-turbo's default output that Pillow returns (islow IDCT, fancy
 //! chroma upsampling, fixed-point YCbCr -> RGB); other JPEGs (progressive, arithmetic, 4:4:0, ...)
 //! fall back to the `image` crate's zune-jpeg, which may differ from Pillow by a few levels.
 //!
@@ -25,6 +25,8 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use image::{DynamicImage, ImageFormat, ImageReader};
 use rayon::prelude::*;
+
+use crate::kernels::jpeg;
 
 /// `transforms.Resize(size)`: an int sets the shorter side, a pair is the exact `(h, w)`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -126,8 +128,22 @@ fn decode_unguarded(bytes: &[u8], opts: &DecodeOptions) -> Result<Decoded, Strin
         return Err("OSError: image file is truncated (no end-of-image marker)".into());
     }
     if format == ImageFormat::Jpeg {
-        if let Some((rgb, h, w)) = libjpeg::decode(bytes) {
-            return Ok(process(rgb, h, w, opts));
+        let mut cropped = false;
+        let window = |h, w| {
+            let win = crop_window(h, w, opts);
+            cropped = win.is_some();
+            win
+        };
+        if let Some((rgb, win)) = jpeg::decode(bytes, window) {
+            if cropped {
+                // The crop is done (and the resize was a no-op): only the colour step is left.
+                let rest = DecodeOptions {
+                    grayscale: opts.grayscale,
+                    ..DecodeOptions::default()
+                };
+                return Ok(process(rgb, win.h, win.w, &rest));
+            }
+            return Ok(process(rgb, win.h, win.w, opts));
         }
     }
     let img = reader
@@ -167,6 +183,22 @@ pub fn process(rgb: Vec<u8>, h: usize, w: usize, opts: &DecodeOptions) -> Decode
         channels: 3,
         data,
     }
+}
+
+/// The part of an `h x w` image that `opts` keep, when that is a plain crop: the resize is a
+/// no-op and the centre crop fits inside (no padding). Decoders can then skip the rest.
+fn crop_window(h: usize, w: usize, opts: &DecodeOptions) -> Option<jpeg::Window> {
+    let (ch, cw) = opts.center_crop?;
+    let resized = opts.resize.map_or((h, w), |size| resized_size(h, w, size));
+    if resized != (h, w) || ch > h || cw > w || ch == 0 || cw == 0 {
+        return None;
+    }
+    Some(jpeg::Window {
+        top: half_round_even(h - ch),
+        left: half_round_even(w - cw),
+        h: ch,
+        w: cw,
+    })
 }
 
 /// A JPEG file is complete when an end-of-image marker follows its first scan; truncated JPEGs
@@ -416,19 +448,20 @@ pub fn center_crop(src: &[u8], h: usize, w: usize, c: usize, ch: usize, cw: usiz
     // Position of the crop inside the padded image.
     let (top, left) = (half_round_even(ph - ch), half_round_even(pw - cw));
     let mut out = vec![0u8; ch * cw * c];
+    // Columns of the crop that exist in the source: crop x = source x + pad_l - left.
+    let x0 = pad_l.saturating_sub(left);
+    let x1 = (pad_l + w).saturating_sub(left).min(cw);
+    if x0 >= x1 {
+        return out;
+    }
+    let sx0 = left + x0 - pad_l;
     for y in 0..ch {
         // Row y of the crop is row (top + y - pad_t) of the source, when that exists.
         let Some(sy) = (top + y).checked_sub(pad_t).filter(|&sy| sy < h) else {
             continue;
         };
-        for x in 0..cw {
-            let Some(sx) = (left + x).checked_sub(pad_l).filter(|&sx| sx < w) else {
-                continue;
-            };
-            let o = (y * cw + x) * c;
-            let i = (sy * w + sx) * c;
-            out[o..o + c].copy_from_slice(&src[i..i + c]);
-        }
+        let src_row = &src[(sy * w + sx0) * c..(sy * w + sx0 + x1 - x0) * c];
+        out[(y * cw + x0) * c..(y * cw + x1) * c].copy_from_slice(src_row);
     }
     out
 }
@@ -441,682 +474,6 @@ pub fn luma(rgb: &[u8]) -> Vec<u8> {
             ((v + 0x8000) >> 16) as u8
         })
         .collect()
-}
-
-/// A baseline (sequential Huffman, 8-bit) JPEG decoder that reproduces libjpeg(-turbo)'s default
-/// output, which is what Pillow returns: the "islow" integer IDCT, "fancy" (triangle) chroma
-/// upsampling for 4:2:2 and 4:2:0, and the fixed-point YCbCr -> RGB of `jdcolor.c`. Written from
-/// the JPEG specification (ITU T.81) and the documented libjpeg algorithms. It answers `None` for
-/// anything else (progressive, arithmetic coding, 12-bit, unusual sampling, CMYK), which the
-/// generic decoder then handles.
-mod libjpeg {
-    /// One frame component.
-    #[derive(Clone, Copy, Default)]
-    struct Comp {
-        id: u8,
-        h: usize,
-        v: usize,
-        tq: usize,
-    }
-
-    /// A Huffman table: a 9-bit lookahead table plus the canonical `maxcode` slow path.
-    struct Huff {
-        fast: Vec<(u8, u8)>, // (code length, value); length 0: not in the fast table
-        maxcode: [i32; 18],
-        valptr: [i32; 17],
-        mincode: [i32; 17],
-        values: Vec<u8>,
-    }
-
-    const FAST_BITS: u32 = 9;
-
-    impl Huff {
-        fn new(counts: &[u8; 16], values: Vec<u8>) -> Option<Huff> {
-            let mut fast = vec![(0u8, 0u8); 1 << FAST_BITS];
-            let mut maxcode = [-1i32; 18];
-            let mut valptr = [0i32; 17];
-            let mut mincode = [0i32; 17];
-            let (mut code, mut k) = (0i32, 0usize);
-            for len in 1..=16 {
-                let n = usize::from(counts[len - 1]);
-                valptr[len] = k as i32;
-                mincode[len] = code;
-                for _ in 0..n {
-                    let value = *values.get(k)?;
-                    if len <= FAST_BITS as usize {
-                        let shift = FAST_BITS as usize - len;
-                        let base = (code as usize) << shift;
-                        for e in fast.get_mut(base..base + (1 << shift))? {
-                            *e = (len as u8, value);
-                        }
-                    }
-                    code += 1;
-                    k += 1;
-                }
-                if n > 0 {
-                    maxcode[len] = code - 1;
-                }
-                code <<= 1;
-            }
-            maxcode[17] = i32::MAX;
-            Some(Huff {
-                fast,
-                maxcode,
-                valptr,
-                mincode,
-                values,
-            })
-        }
-    }
-
-    /// Entropy-coded data reader: removes stuffed zero bytes, stops at markers.
-    struct Bits<'a> {
-        data: &'a [u8],
-        pos: usize,
-        acc: u64,
-        n: u32,
-        marker: bool,
-        overrun: usize,
-    }
-
-    impl<'a> Bits<'a> {
-        fn fill(&mut self) {
-            while self.n <= 56 {
-                let mut byte = 0u8;
-                if !self.marker && self.pos < self.data.len() {
-                    byte = self.data[self.pos];
-                    if byte == 0xFF {
-                        match self.data.get(self.pos + 1) {
-                            Some(0x00) => self.pos += 2,
-                            _ => {
-                                self.marker = true;
-                                byte = 0;
-                            }
-                        }
-                    } else {
-                        self.pos += 1;
-                    }
-                } else {
-                    self.overrun += 1;
-                }
-                self.acc |= u64::from(byte) << (56 - self.n);
-                self.n += 8;
-            }
-        }
-        fn peek(&mut self, k: u32) -> u32 {
-            if self.n < k {
-                self.fill();
-            }
-            (self.acc >> (64 - k)) as u32
-        }
-        fn skip(&mut self, k: u32) {
-            self.acc <<= k;
-            self.n -= k;
-        }
-        fn bits(&mut self, k: u32) -> u32 {
-            if k == 0 {
-                return 0;
-            }
-            let v = self.peek(k);
-            self.skip(k);
-            v
-        }
-        fn decode(&mut self, h: &Huff) -> Option<u8> {
-            let look = self.peek(FAST_BITS) as usize;
-            let (len, value) = h.fast[look];
-            if len > 0 {
-                self.skip(u32::from(len));
-                return Some(value);
-            }
-            let mut code = self.bits(FAST_BITS) as i32;
-            let mut len = FAST_BITS as usize;
-            while code > h.maxcode[len] {
-                len += 1;
-                if len > 16 {
-                    return None;
-                }
-                code = (code << 1) | self.bits(1) as i32;
-            }
-            h.values
-                .get((h.valptr[len] + code - h.mincode[len]) as usize)
-                .copied()
-        }
-        /// Sign-extend a `k`-bit magnitude category value (T.81 F.12 EXTEND).
-        fn receive_extend(&mut self, k: u8) -> i32 {
-            if k == 0 {
-                return 0;
-            }
-            let v = self.bits(u32::from(k)) as i32;
-            if v < 1 << (k - 1) {
-                v - (1 << k) + 1
-            } else {
-                v
-            }
-        }
-        /// At a restart marker: drop the bits left (padding) and skip the marker.
-        fn restart(&mut self) -> bool {
-            self.acc = 0;
-            self.n = 0;
-            self.overrun = 0;
-            if !self.marker {
-                while self.pos < self.data.len() && self.data[self.pos] != 0xFF {
-                    self.pos += 1;
-                }
-            }
-            while self.data.get(self.pos + 1) == Some(&0xFF) {
-                self.pos += 1;
-            }
-            if matches!(self.data.get(self.pos + 1), Some(0xD0..=0xD7)) {
-                self.pos += 2;
-                self.marker = false;
-                return true;
-            }
-            false
-        }
-    }
-
-    const ZIGZAG: [usize; 64] = [
-        0, 1, 8, 16, 9, 2, 3, 10, 17, 24, 32, 25, 18, 11, 4, 5, 12, 19, 26, 33, 40, 48, 41, 34, 27,
-        20, 13, 6, 7, 14, 21, 28, 35, 42, 49, 56, 57, 50, 43, 36, 29, 22, 15, 23, 30, 37, 44, 51,
-        58, 59, 52, 45, 38, 31, 39, 46, 53, 60, 61, 54, 47, 55, 62, 63,
-    ];
-
-    /// libjpeg's `jpeg_idct_islow`: 13-bit constants, 2 extra bits after the column pass.
-    fn idct_islow(coef: &[i32; 64], out: &mut [u8], stride: usize) {
-        const CB: u32 = 13;
-        const P1: u32 = 2;
-        const F0298: i64 = 2446;
-        const F0390: i64 = 3196;
-        const F0541: i64 = 4433;
-        const F0765: i64 = 6270;
-        const F0899: i64 = 7373;
-        const F1175: i64 = 9633;
-        const F1501: i64 = 12299;
-        const F1847: i64 = 15137;
-        const F1961: i64 = 16069;
-        const F2053: i64 = 16819;
-        const F2562: i64 = 20995;
-        const F3072: i64 = 25172;
-        let descale = |x: i64, n: u32| (x + (1 << (n - 1))) >> n;
-        // The shared butterfly: inputs in natural order 0..8, outputs before descaling.
-        let butterfly = |d: [i64; 8]| -> [i64; 8] {
-            let (z2, z3) = (d[2], d[6]);
-            let z1 = (z2 + z3) * F0541;
-            let tmp2 = z1 - z3 * F1847;
-            let tmp3 = z1 + z2 * F0765;
-            let (z2, z3) = (d[0], d[4]);
-            let tmp0 = (z2 + z3) << CB;
-            let tmp1 = (z2 - z3) << CB;
-            let (t10, t13, t11, t12) = (tmp0 + tmp3, tmp0 - tmp3, tmp1 + tmp2, tmp1 - tmp2);
-            let (mut o0, mut o1, mut o2, mut o3) = (d[7], d[5], d[3], d[1]);
-            let z1 = o0 + o3;
-            let z2 = o1 + o2;
-            let z3 = o0 + o2;
-            let z4 = o1 + o3;
-            let z5 = (z3 + z4) * F1175;
-            o0 *= F0298;
-            o1 *= F2053;
-            o2 *= F3072;
-            o3 *= F1501;
-            let z1 = -z1 * F0899;
-            let z2 = -z2 * F2562;
-            let z3 = -z3 * F1961 + z5;
-            let z4 = -z4 * F0390 + z5;
-            o0 += z1 + z3;
-            o1 += z2 + z4;
-            o2 += z2 + z3;
-            o3 += z1 + z4;
-            [
-                t10 + o3,
-                t11 + o2,
-                t12 + o1,
-                t13 + o0,
-                t13 - o0,
-                t12 - o1,
-                t11 - o2,
-                t10 - o3,
-            ]
-        };
-        let mut ws = [0i64; 64];
-        for col in 0..8 {
-            let d: [i64; 8] = std::array::from_fn(|r| i64::from(coef[r * 8 + col]));
-            if d[1..].iter().all(|&v| v == 0) {
-                for r in 0..8 {
-                    ws[r * 8 + col] = d[0] << P1;
-                }
-                continue;
-            }
-            let o = butterfly(d);
-            for r in 0..8 {
-                ws[r * 8 + col] = descale(o[r], CB - P1);
-            }
-        }
-        for row in 0..8 {
-            let d: [i64; 8] = std::array::from_fn(|c| ws[row * 8 + c]);
-            if d[1..].iter().all(|&v| v == 0) {
-                // libjpeg's zero-row shortcut (the same value the full pass gives).
-                let v = (descale(d[0], P1 + 3) + 128).clamp(0, 255) as u8;
-                out[row * stride..row * stride + 8].fill(v);
-                continue;
-            }
-            let o = butterfly(d);
-            for c in 0..8 {
-                let v = descale(o[c], CB + P1 + 3) + 128;
-                out[row * stride + c] = v.clamp(0, 255) as u8;
-            }
-        }
-    }
-
-    fn be16(b: &[u8], i: usize) -> Option<usize> {
-        Some(usize::from(u16::from_be_bytes([
-            *b.get(i)?,
-            *b.get(i + 1)?,
-        ])))
-    }
-
-    /// Decoded component planes (padded to whole MCUs) and their geometry.
-    struct Planes {
-        width: usize,
-        height: usize,
-        comps: Vec<Comp>,
-        planes: Vec<Vec<u8>>,
-        strides: Vec<usize>,
-        hmax: usize,
-        vmax: usize,
-    }
-
-    fn decode_planes(b: &[u8]) -> Option<Planes> {
-        if b.get(0..2)? != [0xFF, 0xD8] {
-            return None;
-        }
-        let mut qt = [[0i32; 64]; 4];
-        let mut dc: Vec<Option<Huff>> = (0..4).map(|_| None).collect();
-        let mut ac: Vec<Option<Huff>> = (0..4).map(|_| None).collect();
-        let mut comps: Vec<Comp> = Vec::new();
-        let (mut width, mut height) = (0usize, 0usize);
-        let mut restart = 0usize;
-        let mut adobe_rgb = false;
-        let mut i = 2;
-        loop {
-            if *b.get(i)? != 0xFF {
-                return None;
-            }
-            while *b.get(i)? == 0xFF {
-                i += 1;
-            }
-            let m = *b.get(i)?;
-            i += 1;
-            if matches!(m, 0x01 | 0xD0..=0xD7) {
-                continue;
-            }
-            let len = be16(b, i)?;
-            let seg = b.get(i + 2..i + len)?;
-            match m {
-                0xC0 | 0xC1 => {
-                    if seg[0] != 8 {
-                        return None;
-                    }
-                    height = be16(seg, 1)?;
-                    width = be16(seg, 3)?;
-                    let n = usize::from(seg[5]);
-                    if !(n == 1 || n == 3) || width == 0 || height == 0 {
-                        return None;
-                    }
-                    for k in 0..n {
-                        let c = seg.get(6 + 3 * k..9 + 3 * k)?;
-                        comps.push(Comp {
-                            id: c[0],
-                            h: usize::from(c[1] >> 4),
-                            v: usize::from(c[1] & 15),
-                            tq: usize::from(c[2] & 3),
-                        });
-                    }
-                }
-                0xC2 | 0xC3 | 0xC5..=0xC7 | 0xC9..=0xCB | 0xCD..=0xCF => return None,
-                0xC4 => {
-                    let mut j = 0;
-                    while j < seg.len() {
-                        let (class, id) = (seg[j] >> 4, usize::from(seg[j] & 3));
-                        let counts: [u8; 16] = seg.get(j + 1..j + 17)?.try_into().ok()?;
-                        let total: usize = counts.iter().map(|&c| usize::from(c)).sum();
-                        let values = seg.get(j + 17..j + 17 + total)?.to_vec();
-                        let h = Huff::new(&counts, values)?;
-                        if class == 0 {
-                            dc[id] = Some(h);
-                        } else {
-                            ac[id] = Some(h);
-                        }
-                        j += 17 + total;
-                    }
-                }
-                0xDB => {
-                    let mut j = 0;
-                    while j < seg.len() {
-                        let (prec, id) = (seg[j] >> 4, usize::from(seg[j] & 3));
-                        j += 1;
-                        for &z in &ZIGZAG {
-                            qt[id][z] = if prec == 0 {
-                                i32::from(*seg.get(j)?)
-                            } else {
-                                be16(seg, j)? as i32
-                            };
-                            j += 1 + usize::from(prec);
-                        }
-                    }
-                }
-                0xDD => restart = be16(seg, 0)?,
-                0xEE if seg.starts_with(b"Adobe") && seg.len() >= 12 => {
-                    adobe_rgb = seg[11] == 0 && comps.len() != 1;
-                }
-                0xDA => {
-                    i += len;
-                    check_scan(seg, &comps)?;
-                    if adobe_rgb || comps.iter().map(|c| c.id).eq(*b"RGB") {
-                        return None; // RGB-coded JPEGs: no colour conversion in libjpeg
-                    }
-                    return decode_scan(b, i, seg, width, height, &comps, &qt, &dc, &ac, restart);
-                }
-                0xD9 => return None,
-                _ => {}
-            }
-            i += len;
-        }
-    }
-
-    /// The scan must be the single interleaved scan of every component, in frame order.
-    fn check_scan(seg: &[u8], comps: &[Comp]) -> Option<()> {
-        let n = usize::from(*seg.first()?);
-        if n != comps.len() || comps.is_empty() {
-            return None;
-        }
-        for (k, c) in comps.iter().enumerate() {
-            if *seg.get(1 + 2 * k)? != c.id {
-                return None;
-            }
-        }
-        Some(())
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn decode_scan(
-        b: &[u8],
-        start: usize,
-        seg: &[u8],
-        width: usize,
-        height: usize,
-        comps: &[Comp],
-        qt: &[[i32; 64]; 4],
-        dc: &[Option<Huff>],
-        ac: &[Option<Huff>],
-        restart: usize,
-    ) -> Option<Planes> {
-        let n = comps.len();
-        let sel: Vec<(usize, usize)> = (0..n)
-            .map(|k| {
-                let t = seg[2 + 2 * k];
-                (usize::from(t >> 4) & 3, usize::from(t & 15) & 3)
-            })
-            .collect();
-        let (hmax, vmax) = if n == 1 {
-            (1, 1) // a single-component scan is not interleaved: one block per MCU
-        } else {
-            (
-                comps.iter().map(|c| c.h).max()?,
-                comps.iter().map(|c| c.v).max()?,
-            )
-        };
-        if comps
-            .iter()
-            .any(|c| c.h == 0 || c.v == 0 || c.h > 2 || c.v > 2)
-        {
-            return None;
-        }
-        let mcux = width.div_ceil(8 * hmax);
-        let mcuy = height.div_ceil(8 * vmax);
-        let (hs, vs): (Vec<usize>, Vec<usize>) = if n == 1 {
-            (vec![1], vec![1])
-        } else {
-            (
-                comps.iter().map(|c| c.h).collect(),
-                comps.iter().map(|c| c.v).collect(),
-            )
-        };
-        let strides: Vec<usize> = hs.iter().map(|&h| mcux * h * 8).collect();
-        let mut planes: Vec<Vec<u8>> = (0..n)
-            .map(|k| vec![0u8; strides[k] * mcuy * vs[k] * 8])
-            .collect();
-        let mut bits = Bits {
-            data: b,
-            pos: start,
-            acc: 0,
-            n: 0,
-            marker: false,
-            overrun: 0,
-        };
-        let mut pred = vec![0i32; n];
-        let mut coef = [0i32; 64];
-        let mut todo = restart;
-        for my in 0..mcuy {
-            for mx in 0..mcux {
-                if restart > 0 {
-                    if todo == 0 {
-                        if !bits.restart() {
-                            return None;
-                        }
-                        pred.iter_mut().for_each(|p| *p = 0);
-                        todo = restart;
-                    }
-                    todo -= 1;
-                }
-                for k in 0..n {
-                    let c = comps[k];
-                    let (dct, act) = (dc[sel[k].0].as_ref()?, ac[sel[k].1].as_ref()?);
-                    let q = &qt[c.tq];
-                    for by in 0..vs[k] {
-                        for bx in 0..hs[k] {
-                            coef.fill(0);
-                            let t = bits.decode(dct)?;
-                            pred[k] += bits.receive_extend(t);
-                            coef[0] = pred[k] * q[0];
-                            let mut z = 1;
-                            let mut any_ac = false;
-                            while z < 64 {
-                                let rs = bits.decode(act)?;
-                                let (r, s) = (usize::from(rs >> 4), rs & 15);
-                                if s == 0 {
-                                    if r != 15 {
-                                        break;
-                                    }
-                                    z += 16;
-                                    continue;
-                                }
-                                z += r;
-                                if z > 63 {
-                                    return None;
-                                }
-                                let zz = ZIGZAG[z];
-                                coef[zz] = bits.receive_extend(s) * q[zz];
-                                any_ac = true;
-                                z += 1;
-                            }
-                            let x0 = (mx * hs[k] + bx) * 8;
-                            let y0 = (my * vs[k] + by) * 8;
-                            let s = strides[k];
-                            let out = &mut planes[k][y0 * s + x0..];
-                            if any_ac {
-                                idct_islow(&coef, out, s);
-                            } else {
-                                // DC only: the IDCT is a constant, ((dc << 2) + 16) >> 5 + 128.
-                                let v = ((i64::from(coef[0]) * 4 + 16) >> 5) + 128;
-                                let v = v.clamp(0, 255) as u8;
-                                for r in 0..8 {
-                                    out[r * s..r * s + 8].fill(v);
-                                }
-                            }
-                        }
-                    }
-                }
-            }
-            if bits.overrun > 8 {
-                return None; // ran out of data: truncated
-            }
-        }
-        let comps = if n == 1 {
-            vec![Comp {
-                h: 1,
-                v: 1,
-                ..comps[0]
-            }]
-        } else {
-            comps.to_vec()
-        };
-        Some(Planes {
-            width,
-            height,
-            comps,
-            planes,
-            strides,
-            hmax,
-            vmax,
-        })
-    }
-
-    /// libjpeg's "fancy" upsampling of one component to full resolution (`width x height`).
-    fn upsample(p: &Planes, k: usize) -> Option<Vec<u8>> {
-        let c = p.comps[k];
-        let (fx, fy) = (p.hmax / c.h, p.vmax / c.v);
-        let plane = &p.planes[k];
-        let s = p.strides[k];
-        // The component's own size, as libjpeg computes it (ceil).
-        let cw = (p.width * c.h).div_ceil(p.hmax);
-        let ch = (p.height * c.v).div_ceil(p.vmax);
-        let row = |y: usize| &plane[y.min(ch - 1) * s..y.min(ch - 1) * s + cw];
-        let (w, h) = (p.width, p.height);
-        let mut out = vec![0u8; w * h];
-        if cw <= 2 && (fx, fy) != (1, 1) {
-            // libjpeg's fancy upsampling needs 3 columns; it replicates otherwise.
-            for y in 0..h {
-                let r = row(y / fy);
-                for x in 0..w {
-                    out[y * w + x] = r[x / fx];
-                }
-            }
-            return Some(out);
-        }
-        match (fx, fy) {
-            (1, 1) => {
-                for y in 0..h {
-                    out[y * w..(y + 1) * w].copy_from_slice(&row(y)[..w]);
-                }
-            }
-            (2, 1) => {
-                let mut line = vec![0u8; cw * 2];
-                for y in 0..h {
-                    h2v1(row(y), &mut line);
-                    out[y * w..(y + 1) * w].copy_from_slice(&line[..w]);
-                }
-            }
-            (2, 2) => {
-                let mut line = vec![0u8; cw * 2];
-                let mut sums = vec![0i32; cw];
-                for y in 0..h {
-                    let here = row(y / 2);
-                    // Even output rows lean on the row above, odd ones on the row below.
-                    let other = if y % 2 == 0 {
-                        row((y / 2).saturating_sub(1))
-                    } else {
-                        row(y / 2 + 1)
-                    };
-                    for (sm, (&a, &b2)) in sums.iter_mut().zip(here.iter().zip(other)) {
-                        *sm = i32::from(a) * 3 + i32::from(b2);
-                    }
-                    h2v2_row(&sums, &mut line);
-                    out[y * w..(y + 1) * w].copy_from_slice(&line[..w]);
-                }
-            }
-            _ => return None,
-        }
-        Some(out)
-    }
-
-    fn h2v1(inp: &[u8], out: &mut [u8]) {
-        let n = inp.len();
-        if n == 1 {
-            out[0] = inp[0];
-            out[1] = inp[0];
-            return;
-        }
-        let v = |i: usize| i32::from(inp[i]);
-        out[0] = inp[0];
-        out[1] = ((v(0) * 3 + v(1) + 2) >> 2) as u8;
-        for i in 1..n - 1 {
-            let t = v(i) * 3;
-            out[2 * i] = ((t + v(i - 1) + 1) >> 2) as u8;
-            out[2 * i + 1] = ((t + v(i + 1) + 2) >> 2) as u8;
-        }
-        out[2 * n - 2] = ((v(n - 1) * 3 + v(n - 2) + 1) >> 2) as u8;
-        out[2 * n - 1] = inp[n - 1];
-    }
-
-    fn h2v2_row(sums: &[i32], out: &mut [u8]) {
-        let n = sums.len();
-        if n == 1 {
-            out[0] = ((sums[0] * 4 + 8) >> 4) as u8;
-            out[1] = ((sums[0] * 4 + 7) >> 4) as u8;
-            return;
-        }
-        out[0] = ((sums[0] * 4 + 8) >> 4) as u8;
-        out[1] = ((sums[0] * 3 + sums[1] + 7) >> 4) as u8;
-        for i in 1..n - 1 {
-            out[2 * i] = ((sums[i] * 3 + sums[i - 1] + 8) >> 4) as u8;
-            out[2 * i + 1] = ((sums[i] * 3 + sums[i + 1] + 7) >> 4) as u8;
-        }
-        out[2 * n - 2] = ((sums[n - 1] * 3 + sums[n - 2] + 8) >> 4) as u8;
-        out[2 * n - 1] = ((sums[n - 1] * 4 + 7) >> 4) as u8;
-    }
-
-    /// Decode to `(rgb, h, w)` like libjpeg's defaults, or `None` for what this does not cover.
-    pub(super) fn decode(b: &[u8]) -> Option<(Vec<u8>, usize, usize)> {
-        let p = decode_planes(b)?;
-        let (w, h) = (p.width, p.height);
-        if p.comps.len() == 1 {
-            let y = upsample(&p, 0)?;
-            let mut rgb = vec![0u8; w * h * 3];
-            for (o, &v) in rgb.chunks_exact_mut(3).zip(&y) {
-                o.fill(v);
-            }
-            return Some((rgb, h, w));
-        }
-        if p.comps[0].h != p.hmax || p.comps[0].v != p.vmax {
-            return None;
-        }
-        let y = upsample(&p, 0)?;
-        let cb = upsample(&p, 1)?;
-        let cr = upsample(&p, 2)?;
-        const HALF: i32 = 1 << 15;
-        let fix = |x: f64| (x * 65536.0 + 0.5) as i32;
-        let (cr_r, cb_b, cr_g, cb_g) = (fix(1.40200), fix(1.77200), fix(0.71414), fix(0.34414));
-        let t: [[i32; 256]; 4] = std::array::from_fn(|k| {
-            std::array::from_fn(|i| {
-                let x = i as i32 - 128;
-                match k {
-                    0 => (cr_r * x + HALF) >> 16,
-                    1 => (cb_b * x + HALF) >> 16,
-                    2 => -cr_g * x,
-                    _ => -cb_g * x + HALF,
-                }
-            })
-        });
-        let clamp = |v: i32| v.clamp(0, 255) as u8;
-        let mut rgb = vec![0u8; w * h * 3];
-        for (o, ((&yv, &cbv), &crv)) in rgb.chunks_exact_mut(3).zip(y.iter().zip(&cb).zip(&cr)) {
-            let (yv, cbv, crv) = (i32::from(yv), usize::from(cbv), usize::from(crv));
-            o[0] = clamp(yv + t[0][crv]);
-            o[1] = clamp(yv + ((t[3][cbv] + t[2][crv]) >> 16));
-            o[2] = clamp(yv + t[1][cbv]);
-        }
-        Some((rgb, h, w))
-    }
 }
 
 #[cfg(test)]
@@ -1201,8 +558,8 @@ mod tests {
         let mut jpg = Vec::new();
         img.write_to(&mut Cursor::new(&mut jpg), ImageFormat::Jpeg)
             .unwrap();
-        let (ours, h, w) = libjpeg::decode(&jpg).expect("a baseline JPEG");
-        assert_eq!((h, w), (21, 37));
+        let (ours, win) = jpeg::decode(&jpg, |_, _| None).expect("a baseline JPEG");
+        assert_eq!((win.h, win.w), (21, 37));
         let theirs = image::load_from_memory(&jpg).unwrap().to_rgb8().into_raw();
         let worst = ours
             .iter()

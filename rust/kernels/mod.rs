@@ -3,6 +3,9 @@
 pub mod decode;
 pub mod extract;
 pub mod image;
+pub mod jpeg;
+#[cfg(target_arch = "x86_64")]
+pub mod jpeg_avx2;
 pub mod moments;
 #[cfg(target_arch = "x86_64")]
 pub mod moments_avx2;

@@ -231,7 +231,8 @@ fn jpeg_complete(b: &[u8]) -> bool {
         }
     }
     // Entropy-coded data never holds 0xFF 0xD9: the first one after the scan header is the end.
-    b[i..].windows(2).any(|p| p == [0xFF, 0xD9])
+    // Most files end with it, which spares the scan of the whole stream.
+    b.len() >= i + 2 && b.ends_with(&[0xFF, 0xD9]) || b[i..].windows(2).any(|p| p == [0xFF, 0xD9])
 }
 
 /// `PIL.Image.convert("RGB")` of what the decoder produced: `h * w * 3` bytes.

@@ -15,10 +15,12 @@ pub const CHUNK_ITEMS: usize = 8;
 
 /// Chunk size for exact (integer) reductions, whose result does not depend on it: large
 /// enough to amortise the per-chunk work (a `p x p` partial), small enough to give every
-/// thread a few chunks.
+/// thread a few chunks; whole blocks of 16 images, which the small-image kernel
+/// (`moments_lanes`) works on together.
 pub fn exact_chunk_items(n: usize) -> usize {
     n.div_ceil(4 * rayon::current_num_threads())
-        .clamp(CHUNK_ITEMS, 64)
+        .clamp(16, 256)
+        .next_multiple_of(16)
 }
 
 /// Budget for the chunk partials alive at once, in bytes: bounds memory whatever the dataset size.

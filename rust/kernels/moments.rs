@@ -66,6 +66,8 @@ pub trait Accum: Send + Sync + 'static {
 pub struct FastScratch {
     #[cfg(target_arch = "x86_64")]
     avx2: crate::kernels::moments_avx2::Scratch,
+    #[cfg(target_arch = "x86_64")]
+    lanes: crate::kernels::moments_lanes::Scratch,
 }
 
 /// Exact integer arithmetic for `u8` pixels.
@@ -129,6 +131,28 @@ impl Accum for Exact {
         sc: &mut FastScratch,
         second: &mut [u64],
     ) -> bool {
+        // Images in the lanes (`moments_lanes`) pay off where the edges of the image dominate the
+        // strip kernel: kernels large next to the image (crossover measured on 28 to 128 pixel
+        // images: k >= 7 at 32, k >= 11 at 64).
+        #[cfg(target_arch = "x86_64")]
+        if s == 1
+            && 6 * (k - 1) >= pl.wp
+            && (2..=15).contains(&k)
+            && pl.hp * pl.wp <= crate::kernels::moments_lanes::MAX_PIXELS
+            && simd::has_avx2()
+        {
+            use crate::kernels::moments_lanes as lanes;
+            let shape = lanes::Shape {
+                c,
+                k,
+                hp: pl.hp,
+                wp: pl.wp,
+            };
+            // SAFETY: AVX2 is present, stride 1, 2 <= k <= 15, at most MAX_PIXELS pixels, and
+            // `planes` holds u8 values laid out by `pl`: the conditions of `add_image`.
+            unsafe { lanes::add_image(shape, pl, planes, &mut sc.lanes, second) };
+            return true;
+        }
         #[cfg(target_arch = "x86_64")]
         if s == 1
             && (2..=15).contains(&k)
@@ -150,7 +174,10 @@ impl Accum for Exact {
         #[cfg(target_arch = "x86_64")]
         if simd::has_avx2() {
             // SAFETY: AVX2 is present.
-            unsafe { crate::kernels::moments_avx2::flush(&mut sc.avx2, second) };
+            unsafe {
+                crate::kernels::moments_avx2::flush(&mut sc.avx2, second);
+                crate::kernels::moments_lanes::flush(&mut sc.lanes, second);
+            }
         }
         let _ = (sc, second);
     }
@@ -913,6 +940,10 @@ mod tests {
             (1, 3, 3, 3, 3, 1, 1, Layout::Nhwc),
             (1, 4, 12, 25, 8, 1, 0, Layout::Nchw),
             (1, 1, 33, 9, 9, 1, 4, Layout::Nchw),
+            // Several blocks of 16 images (the small-image kernel), the last one partial.
+            (17, 3, 12, 10, 5, 1, 1, Layout::Nhwc),
+            (40, 1, 9, 9, 3, 1, 0, Layout::Nchw),
+            (33, 2, 6, 7, 2, 1, 0, Layout::Nchw),
         ];
         for (i, &(n, c, h, w, k, stride, pad, layout)) in cases.iter().enumerate() {
             let b = Batch { n, c, h, w, layout };

@@ -69,7 +69,7 @@ pub struct Shape {
 }
 
 /// Index range of offsets `a` in `[0, k)` with `a + d` also in `[0, k)`.
-fn offset_range(k: usize, d: isize) -> Range<usize> {
+pub(crate) fn offset_range(k: usize, d: isize) -> Range<usize> {
     let lo = (-d).max(0) as usize;
     let hi = (k as isize - d).min(k as isize).max(0) as usize;
     lo..hi
@@ -77,7 +77,7 @@ fn offset_range(k: usize, d: isize) -> Range<usize> {
 
 /// Blocks `(c1, c2, di)` in the order they are computed: channel pairs `c1 <= c2`, row shifts
 /// from `-(k - 1)` (`0` for one channel with itself, the rest is its mirror) to `k - 1`.
-fn blocks(c: usize, k: usize) -> impl Iterator<Item = (usize, usize, isize)> {
+pub(crate) fn blocks(c: usize, k: usize) -> impl Iterator<Item = (usize, usize, isize)> {
     let kd = k as isize - 1;
     (0..c).flat_map(move |c1| {
         (c1..c).flat_map(move |c2| {

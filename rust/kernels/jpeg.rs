@@ -490,6 +490,9 @@ fn decode_scan(b: &[u8], start: usize, seg: &[u8], hd: &Header, win: Window) -> 
             comps.iter().map(|c| c.v).max()?,
         )
     };
+    if n == 3 && (comps[0].h != hmax || comps[0].v != vmax) {
+        return None; // luma below full resolution: left to the generic decoder, before any work
+    }
     let comps: Vec<Comp> = if n == 1 {
         vec![Comp {
             h: 1,
@@ -758,9 +761,6 @@ pub fn decode(
         *win.insert(window(h, w).unwrap_or(full))
     })?;
     let win = win?;
-    if p.comps.len() == 3 && (p.comps[0].h != p.hmax || p.comps[0].v != p.vmax) {
-        return None;
-    }
     let cols = win.left..win.left + win.w;
     let avx2 = has_avx2();
     let mut rgb = vec![0u8; win.h * win.w * 3];

@@ -212,10 +212,12 @@ fn block(sc: &mut Scratch, second: &mut [u64]) {
         let rows_a = offset_range(k, di);
         sc.v.fill(zero);
         let last = rows_a.end - 1 + ho; // one past the last row summed
-        let t_first = if c1 == c2 && di == 0 { kd as usize } else { 0 };
         for y0 in (rows_a.start..=last).step_by(band) {
-            for t in t_first..2 * k - 1 {
+            for t in 0..2 * k - 1 {
                 let dj = t as isize - kd;
+                if !in_dj_range(c1, c2, di, dj) {
+                    continue;
+                }
                 let (ref bs, ref cuts) = sc.plan.shifts[t];
                 let v = &mut sc.v[cuts.clone()];
                 for y in y0..(y0 + band).min(last + 1) {

@@ -135,12 +135,7 @@ impl Accum for Exact {
         // strip kernel: kernels large next to the image (crossover measured on 28 to 128 pixel
         // images: k >= 7 at 32, k >= 11 at 64).
         #[cfg(target_arch = "x86_64")]
-        if s == 1
-            && 6 * (k - 1) >= pl.wp
-            && (2..=15).contains(&k)
-            && pl.hp * pl.wp <= crate::kernels::moments_lanes::MAX_PIXELS
-            && simd::has_avx2()
-        {
+        if s == 1 && 6 * (k - 1) >= pl.wp && simd::has_avx2() {
             use crate::kernels::moments_lanes as lanes;
             let shape = lanes::Shape {
                 c,
@@ -148,10 +143,12 @@ impl Accum for Exact {
                 hp: pl.hp,
                 wp: pl.wp,
             };
-            // SAFETY: AVX2 is present, stride 1, 2 <= k <= 15, at most MAX_PIXELS pixels, and
-            // `planes` holds u8 values laid out by `pl`: the conditions of `add_image`.
-            unsafe { lanes::add_image(shape, pl, planes, &mut sc.lanes, second) };
-            return true;
+            if lanes::fits(shape) {
+                // SAFETY: AVX2 is present, stride 1, the shape fits, and `planes` holds u8
+                // values laid out by `pl`: the conditions of `add_image`.
+                unsafe { lanes::add_image(shape, pl, planes, &mut sc.lanes, second) };
+                return true;
+            }
         }
         #[cfg(target_arch = "x86_64")]
         if s == 1
@@ -956,6 +953,32 @@ mod tests {
                 assert_eq!(got.sum, sum, "case {i} {method:?}");
                 assert_eq!(got.second, m, "case {i} {method:?}");
             }
+        }
+    }
+
+    #[test]
+    fn lanes_kernel_matches_the_portable_code() {
+        // Shapes the images-in-lanes kernel takes (stride 1, kernel large next to the width):
+        // bands of rows of every length, every group size of column shifts, partial blocks,
+        // padding, tall and wide images, the smallest width it accepts (2 k - 2).
+        let cases = [
+            (17, 3, 32, 32, 7, 0, Layout::Nhwc),
+            (20, 3, 32, 32, 11, 0, Layout::Nchw),
+            (33, 1, 12, 10, 3, 0, Layout::Nchw),
+            (18, 2, 20, 26, 9, 2, Layout::Nhwc),
+            (16, 4, 30, 28, 15, 0, Layout::Nchw),
+            (5, 3, 40, 14, 5, 1, Layout::Nhwc),
+            (3, 1, 9, 4, 2, 0, Layout::Nchw),
+            (40, 2, 16, 12, 7, 0, Layout::Nchw),
+        ];
+        for (i, &(n, c, h, w, k, pad, layout)) in cases.iter().enumerate() {
+            let b = Batch { n, c, h, w, layout };
+            let win = Window { k, stride: 1, pad };
+            let x = data(n * c * h * w, 31 + i as u64);
+            let want = patch_moments(&x, b, win, None, 0, Method::Portable, &[]).unwrap();
+            let got = patch_moments(&x, b, win, None, 0, Method::Shifted, &[]).unwrap();
+            assert_eq!(got.second, want.second, "case {i}");
+            assert_eq!(got.sum, want.sum, "case {i}");
         }
     }
 

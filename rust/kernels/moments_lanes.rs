@@ -20,13 +20,18 @@
 //! `hp * wp * 2 * 255^2`, which [`MAX_PIXELS`] keeps below `2^32`.
 
 use std::arch::x86_64::*;
-use std::ops::Range;
 
 use crate::kernels::image::Planes;
 use crate::kernels::moments_avx2::{blocks, offset_range};
 
 /// Images per block: 16 `i16` lanes of a 256-bit register.
 pub const IMAGES: usize = 16;
+
+/// Column shifts summed together: their running sums stay in registers.
+const MAX_GROUP: usize = 8;
+
+/// Rows summed together at most: a band's rows of both operands stay in L1.
+const BAND: usize = 8;
 
 /// The largest padded image (`hp * wp` pixels) whose sums fit a `u32` lane.
 pub const MAX_PIXELS: usize = (u32::MAX / (2 * 255 * 255)) as usize;
@@ -49,16 +54,9 @@ impl Shape {
     }
 }
 
-/// What depends on the shape only: the column cuts of every `dj` and the entry of each box.
+/// Where each box's sum goes: what depends on the shape only.
 #[derive(Default)]
 struct Plan {
-    /// Per column shift `t = dj + k - 1`: its box columns `b` and the range of its cuts in
-    /// `cut_col` (and in `v`).
-    shifts: Vec<(Range<usize>, Range<usize>)>,
-    /// Column of each cut (ascending within a shift).
-    cut_col: Vec<usize>,
-    /// Per column shift and box column `b` (in order): the cuts at `b` and at `b + wo`.
-    box_cuts: Vec<Vec<(usize, usize)>>,
     /// Per block `(c1, c2, di)`, row offset `a` (from the first) and shift `t`: where its boxes
     /// start in `entries`.
     box_base: Vec<usize>,
@@ -70,22 +68,9 @@ struct Plan {
 
 impl Plan {
     fn new(s: Shape) -> Self {
-        let (k, wo) = (s.k, s.wo());
+        let k = s.k;
         let nd = 2 * k - 1;
         let mut plan = Plan::default();
-        for t in 0..nd {
-            let dj = t as isize - (k as isize - 1);
-            let b = offset_range(k, dj);
-            let mut cols: Vec<usize> = b.clone().chain(b.start + wo..b.end + wo).collect();
-            cols.sort_unstable();
-            cols.dedup();
-            let base = plan.cut_col.len();
-            let at = |col: usize| base + cols.binary_search(&col).unwrap_or(0);
-            let boxes = b.clone().map(|b1| (at(b1), at(b1 + wo))).collect();
-            plan.box_cuts.push(boxes);
-            plan.shifts.push((b, base..base + cols.len()));
-            plan.cut_col.extend(cols);
-        }
         let kk = k * k;
         for (c1, c2, di) in blocks(s.c, k) {
             for a in 0..k {
@@ -93,7 +78,7 @@ impl Plan {
                     plan.box_base.push(plan.entries.len());
                     let dj = t as isize - (k as isize - 1);
                     let a2 = a as isize + di;
-                    if !(0..k as isize).contains(&a2) || !in_dj_range(c1, c2, di, dj) {
+                    if !(0..k as isize).contains(&a2) || t < first_shift(c1, c2, di, k) {
                         continue;
                     }
                     for b in offset_range(k, dj) {
@@ -104,7 +89,7 @@ impl Plan {
                 }
             }
         }
-        let box_max = (s.ho() * wo) as u64 * 2 * 255 * 255;
+        let box_max = (s.ho() * s.wo()) as u64 * 2 * 255 * 255;
         plan.max_pending = (u64::from(u32::MAX) / box_max).max(1) as usize;
         plan
     }
@@ -116,10 +101,27 @@ impl Plan {
     }
 }
 
-/// Whether block `(c1, c2, di)` computes column shift `dj`: for one channel with itself at
-/// `di = 0` only `dj >= 0` (the rest is the mirror).
-fn in_dj_range(c1: usize, c2: usize, di: isize, dj: isize) -> bool {
-    !(c1 == c2 && di == 0 && dj < 0)
+/// The first column shift `t = dj + k - 1` that block `(c1, c2, di)` computes: for one channel
+/// with itself at `di = 0` only `dj >= 0` (the rest is the mirror).
+fn first_shift(c1: usize, c2: usize, di: isize, k: usize) -> usize {
+    if c1 == c2 && di == 0 {
+        k - 1
+    } else {
+        0
+    }
+}
+
+/// Whether the kernel takes this shape: besides [`MAX_PIXELS`], each row must have its `k - 1`
+/// left cuts before the window's right edge (`wo >= k - 1`), so that a row is left cuts, middle,
+/// right cuts.
+pub fn fits(s: Shape) -> bool {
+    (2..=15).contains(&s.k) && s.hp >= s.k && s.wp >= 2 * s.k - 2 && s.hp * s.wp <= MAX_PIXELS
+}
+
+/// Length of a row in the block: `k - 1` zero columns, the `wp` pixels, `k` zero columns, so
+/// that the second operand of every column shift (and the one read ahead) is in the row.
+fn row_len(s: Shape) -> usize {
+    s.wp + 2 * s.k - 1
 }
 
 /// Buffers of the kernel, kept by the caller between images.
@@ -127,10 +129,12 @@ fn in_dj_range(c1: usize, c2: usize, di: isize, dj: isize) -> bool {
 pub struct Scratch {
     shape: Option<Shape>,
     plan: Plan,
-    /// The block's images, pixel-major: `soa[(c * hp + y) * wp + x][m]` is image `m`'s pixel.
+    /// The block's images, pixel-major: `soa[(c * hp + y) * row_len + k - 1 + x][m]` is pixel
+    /// `(y, x)` of channel `c` of image `m`; the margins stay zero.
     soa: Vec<[i16; IMAGES]>,
     filled: usize,
-    /// Per cut: sum down the rows of the row prefix sums; its copy at each row `a`.
+    /// Per column shift `t` and cut `i`: the sum down the rows of the row prefix sums, at the
+    /// `2 k` cut columns `0..k` (`i < k`) and `wo..wo + k` (`i = k + b`); its copy at each row `a`.
     v: Vec<__m256i>,
     saved: Vec<__m256i>,
     /// Box sums of the blocks since the last widening, in `plan.entries` order.
@@ -142,8 +146,8 @@ pub struct Scratch {
 /// sums are formed. [`flush`] finishes a partial block and adds everything to `second`.
 ///
 /// # Safety
-/// The CPU must support AVX2; stride 1, `2 <= s.k <= 15`, `s.hp * s.wp <= MAX_PIXELS`, and
-/// `planes` laid out by `pl` with `s.hp` rows of `s.wp` pixels per channel, each at most 255.
+/// The CPU must support AVX2; stride 1, [`fits`]`(s)`, and `planes` laid out by `pl` with `s.hp`
+/// rows of `s.wp` pixels per channel, each at most 255.
 #[target_feature(enable = "avx2")]
 pub unsafe fn add_image(
     s: Shape,
@@ -157,15 +161,16 @@ pub unsafe fn add_image(
         sc.shape = Some(s);
         sc.plan = Plan::new(s);
         sc.soa.clear();
-        sc.soa.resize(s.c * s.hp * s.wp, [0; IMAGES]);
+        sc.soa.resize(s.c * s.hp * row_len(s), [0; IMAGES]);
         sc.acc.clear();
         sc.acc.resize(sc.plan.entries.len(), _mm256_setzero_si256());
     }
     let m = sc.filled;
+    let wr = row_len(s);
     for ch in 0..s.c {
         for y in 0..s.hp {
             let src = &planes[pl.offset(ch, y, 0)..pl.offset(ch, y, 0) + s.wp];
-            let dst = &mut sc.soa[(ch * s.hp + y) * s.wp..(ch * s.hp + y + 1) * s.wp];
+            let dst = &mut sc.soa[(ch * s.hp + y) * wr + s.k - 1..][..s.wp];
             for (d, &v) in dst.iter_mut().zip(src) {
                 d[m] = v as i16;
             }
@@ -177,18 +182,10 @@ pub unsafe fn add_image(
     }
 }
 
-/// Rows of the two planes read by one band: about 12 KiB, so that they stay in L1 while
-/// every column shift passes over them.
-fn band_rows(wp: usize) -> usize {
-    (12 * 1024 / (2 * wp * 32)).max(1)
-}
-
 /// Forms the sums of the images in the block (unused lanes are zero images).
 ///
-/// For each `(c1, c2, di)`, rows are taken in bands; within a band each column shift `dj` runs
-/// down the rows, so that the short loops of a row repeat with the same trip counts (predicted
-/// branches) while the band's rows stay in cache. Each `dj` has its own cuts in `v` and `saved`,
-/// so the order of the shifts is free.
+/// For each `(c1, c2, di)` the rows go down once; each row passes over every column shift
+/// `dj` in groups of a few ([`row_group`]), so that one load of a pixel serves the whole group.
 #[target_feature(enable = "avx2")]
 fn block(sc: &mut Scratch, second: &mut [u64]) {
     let Some(s) = sc.shape else { return };
@@ -201,132 +198,155 @@ fn block(sc: &mut Scratch, second: &mut [u64]) {
     if sc.pending == sc.plan.max_pending {
         widen(sc, second);
     }
-    let (k, ho, wo, wp) = (s.k, s.ho(), s.wo(), s.wp);
-    let kd = k as isize - 1;
+    let (k, ho, wp) = (s.k, s.ho(), s.wp);
+    let (nd, nc, wr) = (2 * k - 1, 2 * k, row_len(s));
     let zero = _mm256_setzero_si256();
-    let n_cuts = sc.plan.cut_col.len();
-    sc.v.resize(n_cuts, zero);
-    sc.saved.resize(k * n_cuts, zero);
-    let band = band_rows(wp);
+    sc.v.resize(nd * nc, zero);
+    sc.saved.resize(k * nd * nc, zero);
     for (bidx, (c1, c2, di)) in blocks(s.c, k).enumerate() {
         let rows_a = offset_range(k, di);
+        let shifts = first_shift(c1, c2, di, k)..nd;
         sc.v.fill(zero);
         let last = rows_a.end - 1 + ho; // one past the last row summed
-        for y0 in (rows_a.start..=last).step_by(band) {
-            for t in 0..2 * k - 1 {
-                let dj = t as isize - kd;
-                if !in_dj_range(c1, c2, di, dj) {
-                    continue;
-                }
-                let (ref bs, ref cuts) = sc.plan.shifts[t];
-                let v = &mut sc.v[cuts.clone()];
-                for y in y0..(y0 + band).min(last + 1) {
-                    if y >= rows_a.start + ho {
-                        // Row a + ho: the boxes of row offset a are complete.
-                        let a = y - ho;
-                        let saved = &sc.saved[(a - rows_a.start) * n_cuts..][cuts.clone()];
-                        let first = sc.plan.base_at(k, bidx, a, t);
-                        let acc = &mut sc.acc[first..first + bs.len()];
-                        for (sum, &(cs, ce)) in acc.iter_mut().zip(&sc.plan.box_cuts[t]) {
-                            let (cs, ce) = (cs - cuts.start, ce - cuts.start);
-                            let now = _mm256_sub_epi32(v[ce], v[cs]);
-                            let then = _mm256_sub_epi32(saved[ce], saved[cs]);
-                            *sum = _mm256_add_epi32(*sum, _mm256_sub_epi32(now, then));
-                        }
-                    }
-                    if y < rows_a.end {
-                        let at = (y - rows_a.start) * n_cuts;
-                        sc.saved[at..at + n_cuts][cuts.clone()].copy_from_slice(v);
-                    }
-                    if y == last {
-                        break;
-                    }
-                    let row1 = &sc.soa[(c1 * s.hp + y) * wp..][..wp];
-                    let y2 = (y as isize + di) as usize;
-                    let row2 = &sc.soa[(c2 * s.hp + y2) * wp..][..wp];
-                    let end = bs.end - 1 + wo;
-                    let b0 = (bs.start as isize + dj) as usize;
-                    let (a, b) = (&row1[bs.start..end], &row2[b0..b0 + end - bs.start]);
-                    if bs.len() - 1 < wo {
-                        row_sums(a, b, bs.len() - 1, v);
-                    } else {
-                        let cols = &sc.plan.cut_col[cuts.clone()];
-                        row_cuts(a, b, bs.start, cols, v);
+                                        // Rows where something happens before they are summed: `v` is saved (rows `a`) or read
+                                        // (rows `a + ho`). Between them rows are summed in bands: the running sums run down the
+                                        // band's rows at each column, so that a cut is added once per band, not once per row.
+        let event = |y: usize| y < rows_a.end || y >= rows_a.start + ho;
+        let mut y = rows_a.start;
+        loop {
+            if y >= rows_a.start + ho {
+                // Row a + ho: the boxes of row offset a are complete.
+                let a = y - ho;
+                let saved = &sc.saved[(a - rows_a.start) * nd * nc..][..nd * nc];
+                for t in shifts.clone() {
+                    let first = sc.plan.base_at(k, bidx, a, t);
+                    let bs = offset_range(k, t as isize - (k as isize - 1));
+                    let acc = &mut sc.acc[first..first + bs.len()];
+                    let (now, then) = (&sc.v[t * nc..][..nc], &saved[t * nc..][..nc]);
+                    for (sum, b) in acc.iter_mut().zip(bs) {
+                        let d_now = _mm256_sub_epi32(now[k + b], now[b]);
+                        let d_then = _mm256_sub_epi32(then[k + b], then[b]);
+                        *sum = _mm256_add_epi32(*sum, _mm256_sub_epi32(d_now, d_then));
                     }
                 }
             }
+            if y < rows_a.end {
+                let at = (y - rows_a.start) * nd * nc;
+                sc.saved[at..at + nd * nc].copy_from_slice(&sc.v);
+            }
+            if y == last {
+                break;
+            }
+            let mut end = y + 1;
+            while end < last && end - y < BAND && !event(end) {
+                end += 1;
+            }
+            let at1 = (c1 * s.hp + y) * wr + k - 1;
+            let at2 = (c2 * s.hp + (y as isize + di) as usize) * wr;
+            // Groups of at most MAX_GROUP shifts, whose running sums stay in registers.
+            let groups = shifts.len().div_ceil(MAX_GROUP);
+            let mut t = shifts.start;
+            for g in (1..=groups).rev() {
+                let size = (nd - t).div_ceil(g);
+                let v = &mut sc.v[t * nc..(t + size) * nc];
+                let band = Band {
+                    at1,
+                    at2: at2 + t,
+                    rows: end - y,
+                    wr,
+                    wp,
+                    k,
+                };
+                let soa = &sc.soa;
+                match size {
+                    1 => row_group::<1>(soa, band, v),
+                    2 => row_group::<2>(soa, band, v),
+                    3 => row_group::<3>(soa, band, v),
+                    4 => row_group::<4>(soa, band, v),
+                    5 => row_group::<5>(soa, band, v),
+                    6 => row_group::<6>(soa, band, v),
+                    7 => row_group::<7>(soa, band, v),
+                    _ => row_group::<8>(soa, band, v),
+                }
+                t += size;
+            }
+            y = end;
         }
     }
     sc.pending += 1;
     sc.filled = 0;
 }
 
-/// The product of one pixel pair in 16 images (lanes 2l and 2l + 1 added).
-#[inline]
-#[target_feature(enable = "avx2")]
-fn product(a: &[i16; IMAGES], b: &[i16; IMAGES]) -> __m256i {
-    // SAFETY: each element is 16 `i16`, 32 bytes.
-    unsafe {
-        _mm256_madd_epi16(
-            _mm256_loadu_si256(a.as_ptr().cast()),
-            _mm256_loadu_si256(b.as_ptr().cast()),
-        )
-    }
+/// Rows summed together: `rows` rows from `at1` (first operand, pixel `x` at `at1 + x`) and
+/// `at2` (second operand of the group's first shift at column `x`: `at2 + x`), `wr` apart.
+#[derive(Clone, Copy)]
+struct Band {
+    at1: usize,
+    at2: usize,
+    rows: usize,
+    wr: usize,
+    wp: usize,
+    k: usize,
 }
 
-/// One row of one shift, cuts apart (`left < wo`): `left` columns each followed by a cut, the
-/// middle, a cut, and `left` more columns each followed by a cut. `v` holds the shift's
-/// `2 (left + 1)` cuts; the first is the empty prefix, which stays zero.
-#[inline]
+/// The rows of a band for `G` consecutive column shifts: shift `j`'s product at column `x` is
+/// `soa[at1 + x] * soa[at2 + x + j]`, summed down the band's rows. Running sums along the row
+/// are added at the cuts: after each of the first `k - 1` columns, after column `wo - 1`, and
+/// after each of the last `k - 1` columns. `v` holds `2 k` cuts per shift; the first is the
+/// empty prefix, which stays zero.
+#[inline(never)]
 #[target_feature(enable = "avx2")]
-fn row_sums(a: &[[i16; IMAGES]], b: &[[i16; IMAGES]], left: usize, v: &mut [__m256i]) {
-    let n = a.len();
-    let (vl, vr) = v[1..].split_at_mut(left);
-    let mut run = _mm256_setzero_si256();
-    for ((pa, pb), vc) in a[..left].iter().zip(&b[..left]).zip(vl.iter_mut()) {
-        run = _mm256_add_epi32(run, product(pa, pb));
-        *vc = _mm256_add_epi32(*vc, run);
+fn row_group<const G: usize>(soa: &[[i16; IMAGES]], b: Band, v: &mut [__m256i]) {
+    let Band {
+        at1,
+        at2,
+        rows,
+        wr,
+        wp,
+        k,
+    } = b;
+    let wo = wp + 1 - k;
+    let nc = 2 * k;
+    let span = (rows - 1) * wr;
+    assert!(wo + 1 >= k && v.len() == G * nc);
+    assert!(at1 + span + wp <= soa.len() && at2 + span + wp + G - 1 <= soa.len());
+    let base = soa.as_ptr();
+    // SAFETY: every index below is `at1 + r wr + x` or `at2 + r wr + x + j` with `r < rows`,
+    // `x < wp`, `j < G`: in bounds by the assertion above.
+    let load = |i: usize| unsafe { _mm256_loadu_si256(base.add(i).cast()) };
+    let mut run = [_mm256_setzero_si256(); G];
+    macro_rules! step {
+        ($x:expr) => {{
+            let x = $x;
+            for r in 0..rows {
+                let a = load(at1 + r * wr + x);
+                let b = at2 + r * wr + x;
+                for j in 0..G {
+                    run[j] = _mm256_add_epi32(run[j], _mm256_madd_epi16(a, load(b + j)));
+                }
+            }
+        }};
     }
-    // The middle, in two chains.
-    let mid = n - left;
-    let (ma, mb) = (&a[left..mid], &b[left..mid]);
-    let mut run2 = _mm256_setzero_si256();
-    let pairs = ma.len() / 2;
-    for i in 0..pairs {
-        run = _mm256_add_epi32(run, product(&ma[2 * i], &mb[2 * i]));
-        run2 = _mm256_add_epi32(run2, product(&ma[2 * i + 1], &mb[2 * i + 1]));
+    macro_rules! cut {
+        ($i:expr) => {{
+            let i = $i;
+            for j in 0..G {
+                let c = &mut v[j * nc + i];
+                *c = _mm256_add_epi32(*c, run[j]);
+            }
+        }};
     }
-    if ma.len() % 2 == 1 {
-        run = _mm256_add_epi32(run, product(&ma[ma.len() - 1], &mb[ma.len() - 1]));
+    for x in 0..k - 1 {
+        step!(x);
+        cut!(x + 1);
     }
-    run = _mm256_add_epi32(run, run2);
-    vr[0] = _mm256_add_epi32(vr[0], run);
-    for ((pa, pb), vc) in a[mid..].iter().zip(&b[mid..]).zip(vr[1..].iter_mut()) {
-        run = _mm256_add_epi32(run, product(pa, pb));
-        *vc = _mm256_add_epi32(*vc, run);
+    for x in k - 1..wo {
+        step!(x);
     }
-}
-
-/// One row of one shift, any cuts: the running sum along the row is added at each cut column
-/// (columns count from `x0`).
-#[inline]
-#[target_feature(enable = "avx2")]
-fn row_cuts(
-    a: &[[i16; IMAGES]],
-    b: &[[i16; IMAGES]],
-    x0: usize,
-    cols: &[usize],
-    v: &mut [__m256i],
-) {
-    let mut run = _mm256_setzero_si256();
-    let mut x = 0;
-    for (&col, vc) in cols.iter().zip(v.iter_mut()) {
-        let to = col - x0;
-        for (pa, pb) in a[x..to].iter().zip(&b[x..to]) {
-            run = _mm256_add_epi32(run, product(pa, pb));
-        }
-        x = to;
-        *vc = _mm256_add_epi32(*vc, run);
+    cut!(k);
+    for x in wo..wp {
+        step!(x);
+        cut!(k + 1 + x - wo);
     }
 }
 

@@ -59,6 +59,8 @@ pub trait Accum: Send + Sync + 'static {
     /// Finishes what `fast_second` left pending (it may sum several images before it adds them
     /// to `second`); called once all images of a chunk are in.
     fn fast_flush(_sc: &mut FastScratch, _second: &mut [Self::Total]) {}
+    /// Integer moments (from a kernel for `u8` pixels) as this family's totals.
+    fn from_exact(m: Moments<u64>) -> Moments<Self::Total>;
 }
 
 /// Buffers of the specialised kernels.
@@ -66,14 +68,15 @@ pub trait Accum: Send + Sync + 'static {
 pub struct FastScratch {
     #[cfg(target_arch = "x86_64")]
     avx2: crate::kernels::moments_avx2::Scratch,
-    #[cfg(target_arch = "x86_64")]
-    lanes: crate::kernels::moments_lanes::Scratch,
 }
 
 /// Exact integer arithmetic for `u8` pixels.
 pub struct Exact;
 
 impl Accum for Exact {
+    fn from_exact(m: Moments<u64>) -> Moments<u64> {
+        m
+    }
     type Plane = u16;
     type Col = u32;
     type Total = u64;
@@ -135,22 +138,6 @@ impl Accum for Exact {
         // strip kernel: kernels large next to the image (crossover measured on 28 to 128 pixel
         // images: k >= 7 at 32, k >= 11 at 64).
         #[cfg(target_arch = "x86_64")]
-        if s == 1 && 6 * (k - 1) >= pl.wp && simd::has_avx2() {
-            use crate::kernels::moments_lanes as lanes;
-            let shape = lanes::Shape {
-                c,
-                k,
-                hp: pl.hp,
-                wp: pl.wp,
-            };
-            if lanes::fits(shape) {
-                // SAFETY: AVX2 is present, stride 1, the shape fits, and `planes` holds u8
-                // values laid out by `pl`: the conditions of `add_image`.
-                unsafe { lanes::add_image(shape, pl, planes, &mut sc.lanes, second) };
-                return true;
-            }
-        }
-        #[cfg(target_arch = "x86_64")]
         if s == 1
             && (2..=15).contains(&k)
             && pl.hp <= Self::MAX_ROWS
@@ -173,7 +160,6 @@ impl Accum for Exact {
             // SAFETY: AVX2 is present.
             unsafe {
                 crate::kernels::moments_avx2::flush(&mut sc.avx2, second);
-                crate::kernels::moments_lanes::flush(&mut sc.lanes, second);
             }
         }
         let _ = (sc, second);
@@ -187,6 +173,18 @@ impl Accum for Float {
     type Plane = f64;
     type Col = f64;
     type Total = f64;
+    fn from_exact(m: Moments<u64>) -> Moments<f64> {
+        // Integer sums of u8 products stay far below 2^53: exact as f64.
+        let f = |v: Vec<u64>| v.into_iter().map(|x| x as f64).collect();
+        Moments {
+            p: m.p,
+            count: m.count,
+            sum: f(m.sum),
+            second: f(m.second),
+            class_count: m.class_count,
+            class_sum: f(m.class_sum),
+        }
+    }
     const MAX_ROWS: usize = usize::MAX;
     const EXACT: bool = false;
     #[inline(always)]
@@ -234,6 +232,10 @@ pub trait Pixel: Copy + Send + Sync + 'static {
     fn plane(self, shift: f64) -> Option<<Self::Acc as Accum>::Plane>;
     /// A zero pixel (padding) shifted by `shift`.
     fn zero_plane(shift: f64) -> <Self::Acc as Accum>::Plane;
+    /// The pixels as bytes, for the kernels written for `u8` only.
+    fn bytes(_x: &[Self]) -> Option<&[u8]> {
+        None
+    }
 }
 
 impl Pixel for u8 {
@@ -249,6 +251,9 @@ impl Pixel for u8 {
     }
     fn zero_plane(_shift: f64) -> u16 {
         0
+    }
+    fn bytes(x: &[u8]) -> Option<&[u8]> {
+        Some(x)
     }
 }
 
@@ -712,6 +717,10 @@ type Tot<T> = <<T as Pixel>::Acc as Accum>::Total;
 /// points, so that each gets its own vectorised copy of every kernel loop.
 #[inline(always)]
 fn chunk<T: Pixel>(job: &Job<'_, T>, range: Range<usize>) -> CoreResult<Moments<Tot<T>>> {
+    #[cfg(target_arch = "x86_64")]
+    if let Some(m) = chunk_lanes(job, range.clone()) {
+        return Ok(m);
+    }
     let p = job.batch.c * job.win.k * job.win.k;
     let per_image = (job.g.ho * job.g.wo) as u64;
     let mut part = Moments::<Tot<T>>::zeros(p, job.n_classes);
@@ -749,6 +758,36 @@ fn chunk<T: Pixel>(job: &Job<'_, T>, range: Range<usize>) -> CoreResult<Moments<
     }
     T::Acc::fast_flush(&mut sc.fast, &mut part.second);
     Ok(part)
+}
+
+/// The moments of a chunk of `u8` images by the images-in-lanes kernel (`moments_lanes`), where
+/// it applies: stride 1 and a kernel large next to the image, where the edges of the image
+/// dominate the strip kernel (crossover measured on 28 to 128 pixel images: k >= 7 at 32,
+/// k >= 11 at 64).
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn chunk_lanes<T: Pixel>(job: &Job<'_, T>, range: Range<usize>) -> Option<Moments<Tot<T>>> {
+    use crate::kernels::moments_lanes as lanes;
+    let x = T::bytes(job.x)?;
+    let (k, pl) = (job.win.k, job.planes);
+    let shape = lanes::Shape {
+        c: job.batch.c,
+        k,
+        hp: pl.hp,
+        wp: pl.wp,
+    };
+    if job.method != Method::Shifted
+        || job.win.stride != 1
+        || 6 * (k - 1) < pl.wp
+        || !lanes::fits(shape)
+        || !simd::has_avx2()
+    {
+        return None;
+    }
+    let (b, pad, labels, n_classes) = (job.batch, job.win.pad, job.labels, job.n_classes);
+    // SAFETY: AVX2 is present and the shape fits: the conditions of `moments`.
+    let m = unsafe { lanes::moments(x, b, shape, pad, range, labels, n_classes) };
+    Some(T::Acc::from_exact(m))
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -975,10 +1014,15 @@ mod tests {
             let b = Batch { n, c, h, w, layout };
             let win = Window { k, stride: 1, pad };
             let x = data(n * c * h * w, 31 + i as u64);
-            let want = patch_moments(&x, b, win, None, 0, Method::Portable, &[]).unwrap();
-            let got = patch_moments(&x, b, win, None, 0, Method::Shifted, &[]).unwrap();
+            let labels: Vec<i64> = (0..n as i64).map(|j| (j * 7 + i as i64) % 3).collect();
+            let l = Some(&labels[..]);
+            let want = patch_moments(&x, b, win, l, 3, Method::Portable, &[]).unwrap();
+            let got = patch_moments(&x, b, win, l, 3, Method::Shifted, &[]).unwrap();
             assert_eq!(got.second, want.second, "case {i}");
             assert_eq!(got.sum, want.sum, "case {i}");
+            assert_eq!(got.count, want.count, "case {i}");
+            assert_eq!(got.class_count, want.class_count, "case {i}");
+            assert_eq!(got.class_sum, want.class_sum, "case {i}");
         }
     }
 

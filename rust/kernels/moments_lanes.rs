@@ -21,7 +21,10 @@
 
 use std::arch::x86_64::*;
 
-use crate::kernels::image::Planes;
+use std::ops::Range;
+
+use crate::kernels::image::{Batch, Layout};
+use crate::kernels::moments::Moments;
 use crate::kernels::moments_avx2::{blocks, offset_range};
 
 /// Images per block: 16 `i16` lanes of a 256-bit register.
@@ -140,45 +143,147 @@ pub struct Scratch {
     /// Box sums of the blocks since the last widening, in `plan.entries` order.
     acc: Vec<__m256i>,
     pending: usize,
+    /// Class of each image in the block (`None`: no labels).
+    labels: [Option<usize>; IMAGES],
+    /// Per column: window column sums of one channel, images 0-7 and 8-15 as `i32`.
+    cols: Vec<[__m256i; 2]>,
 }
 
-/// Adds one image (planar, as `moments.rs` lays it out) to the block; when the block is full its
-/// sums are formed. [`flush`] finishes a partial block and adds everything to `second`.
+/// The moments of the patches of images `range` of the `u8` batch `x` (stride 1, zero padding
+/// `pad`): the same sums as `moments::patch_moments`, 16 images at a time.
 ///
 /// # Safety
-/// The CPU must support AVX2; stride 1, [`fits`]`(s)`, and `planes` laid out by `pl` with `s.hp`
-/// rows of `s.wp` pixels per channel, each at most 255.
+/// The CPU must support AVX2, and [`fits`] holds for the padded shape.
 #[target_feature(enable = "avx2")]
-pub unsafe fn add_image(
+pub unsafe fn moments(
+    x: &[u8],
+    batch: Batch,
     s: Shape,
-    pl: Planes,
-    planes: &[u16],
-    sc: &mut Scratch,
-    second: &mut [u64],
-) {
-    if sc.shape != Some(s) {
-        flush(sc, second);
-        sc.shape = Some(s);
-        sc.plan = Plan::new(s);
-        sc.soa.clear();
-        sc.soa.resize(s.c * s.hp * row_len(s), [0; IMAGES]);
-        sc.acc.clear();
-        sc.acc.resize(sc.plan.entries.len(), _mm256_setzero_si256());
-    }
-    let m = sc.filled;
+    pad: usize,
+    range: Range<usize>,
+    labels: Option<&[i64]>,
+    n_classes: usize,
+) -> Moments<u64> {
+    let p = s.c * s.k * s.k;
+    let mut out = Moments::<u64>::zeros(p, n_classes);
+    let mut sc = Scratch {
+        shape: Some(s),
+        plan: Plan::new(s),
+        ..Scratch::default()
+    };
+    sc.soa.resize(s.c * s.hp * row_len(s), [0; IMAGES]);
+    sc.acc.resize(sc.plan.entries.len(), _mm256_setzero_si256());
+    let per_image = (s.ho() * s.wo()) as u64;
+    let (c, h, w) = (batch.c, batch.h, batch.w);
     let wr = row_len(s);
-    for ch in 0..s.c {
-        for y in 0..s.hp {
-            let src = &planes[pl.offset(ch, y, 0)..pl.offset(ch, y, 0) + s.wp];
-            let dst = &mut sc.soa[(ch * s.hp + y) * wr + s.k - 1..][..s.wp];
-            for (d, &v) in dst.iter_mut().zip(src) {
-                d[m] = v as i16;
+    for idx in range {
+        let m = sc.filled;
+        let img = &x[idx * batch.image_len()..(idx + 1) * batch.image_len()];
+        // Pixel (y, x) of channel ch goes to soa[(ch hp + pad + y) wr + k - 1 + pad + x]; the
+        // padding and the margins are never written, so they stay zero.
+        let at = |ch: usize, y: usize| (ch * s.hp + pad + y) * wr + s.k - 1 + pad;
+        match batch.layout {
+            Layout::Nchw => {
+                for ch in 0..c {
+                    for y in 0..h {
+                        let src = &img[(ch * h + y) * w..][..w];
+                        for (d, &v) in sc.soa[at(ch, y)..][..w].iter_mut().zip(src) {
+                            d[m] = i16::from(v);
+                        }
+                    }
+                }
+            }
+            Layout::Nhwc => {
+                for y in 0..h {
+                    let src = &img[y * w * c..][..w * c];
+                    for ch in 0..c {
+                        let dst = &mut sc.soa[at(ch, y)..][..w];
+                        for (d, v) in dst.iter_mut().zip(src[ch..].iter().step_by(c)) {
+                            d[m] = i16::from(*v);
+                        }
+                    }
+                }
             }
         }
+        let class = labels.map(|l| l[idx] as usize);
+        sc.labels[m] = class;
+        out.count += per_image;
+        if let Some(cls) = class {
+            out.class_count[cls] += per_image;
+        }
+        sc.filled += 1;
+        if sc.filled == IMAGES {
+            block(&mut sc, &mut out);
+        }
     }
-    sc.filled += 1;
-    if sc.filled == IMAGES {
-        block(sc, second);
+    block(&mut sc, &mut out);
+    widen(&mut sc, &mut out.second);
+    out
+}
+
+/// Adds the window sums of every image in the block to `out.sum` (and its class's sums):
+/// per channel, column sums down the rows of each row offset `a`, then sums along them.
+#[target_feature(enable = "avx2")]
+fn first_moments(sc: &mut Scratch, out: &mut Moments<u64>) {
+    let Some(s) = sc.shape else { return };
+    let (k, ho, wo, wr) = (s.k, s.ho(), s.wo(), row_len(s));
+    let kk = k * k;
+    let zero = _mm256_setzero_si256();
+    // Images 0-7 and 8-15 of a pixel as i32.
+    let widen16 = |px: &[i16; IMAGES]| {
+        // SAFETY: 32 bytes, read unaligned.
+        let v = unsafe { _mm256_loadu_si256(px.as_ptr().cast()) };
+        [
+            _mm256_cvtepi16_epi32(_mm256_castsi256_si128(v)),
+            _mm256_cvtepi16_epi32(_mm256_extracti128_si256::<1>(v)),
+        ]
+    };
+    let add2 = |a: [__m256i; 2], b: [__m256i; 2]| {
+        [_mm256_add_epi32(a[0], b[0]), _mm256_add_epi32(a[1], b[1])]
+    };
+    let sub2 = |a: [__m256i; 2], b: [__m256i; 2]| {
+        [_mm256_sub_epi32(a[0], b[0]), _mm256_sub_epi32(a[1], b[1])]
+    };
+    sc.cols.resize(s.wp, [zero; 2]);
+    for ch in 0..s.c {
+        let row = |y: usize| &sc.soa[(ch * s.hp + y) * wr + k - 1..][..s.wp];
+        let mut cols = std::mem::take(&mut sc.cols);
+        cols.fill([zero; 2]);
+        for y in 0..ho {
+            for (col, px) in cols.iter_mut().zip(row(y)) {
+                *col = add2(*col, widen16(px));
+            }
+        }
+        for a in 0..k {
+            if a > 0 {
+                // Slide the rows down by one: drop row a - 1, add row a - 1 + ho.
+                for ((col, old), new) in cols.iter_mut().zip(row(a - 1)).zip(row(a - 1 + ho)) {
+                    *col = sub2(add2(*col, widen16(new)), widen16(old));
+                }
+            }
+            let mut box_sum = cols[..wo].iter().fold([zero; 2], |t, &col| add2(t, col));
+            for b in 0..k {
+                if b > 0 {
+                    box_sum = sub2(add2(box_sum, cols[b - 1 + wo]), cols[b - 1]);
+                }
+                let mut lanes = [0i32; IMAGES];
+                // SAFETY: two stores of 8 i32 into an array of 16.
+                unsafe {
+                    _mm256_storeu_si256(lanes.as_mut_ptr().cast(), box_sum[0]);
+                    _mm256_storeu_si256(lanes.as_mut_ptr().add(8).cast(), box_sum[1]);
+                }
+                let r = ch * kk + a * k + b;
+                for (m, &v) in lanes.iter().enumerate().take(sc.filled) {
+                    // Sums of u8 pixels over at most MAX_PIXELS pixels: non-negative i32.
+                    let v = v as u64;
+                    out.sum[r] += v;
+                    if let Some(cls) = sc.labels[m] {
+                        out.class_sum[cls * out.p + r] += v;
+                    }
+                }
+            }
+        }
+        sc.cols = cols;
     }
 }
 
@@ -187,17 +292,20 @@ pub unsafe fn add_image(
 /// For each `(c1, c2, di)` the rows go down once; each row passes over every column shift
 /// `dj` in groups of a few ([`row_group`]), so that one load of a pixel serves the whole group.
 #[target_feature(enable = "avx2")]
-fn block(sc: &mut Scratch, second: &mut [u64]) {
+fn block(sc: &mut Scratch, out: &mut Moments<u64>) {
     let Some(s) = sc.shape else { return };
     if sc.filled == 0 {
         return;
     }
-    for px in sc.soa.iter_mut() {
-        px[sc.filled..].fill(0);
+    if sc.filled < IMAGES {
+        for px in sc.soa.iter_mut() {
+            px[sc.filled..].fill(0);
+        }
     }
     if sc.pending == sc.plan.max_pending {
-        widen(sc, second);
+        widen(sc, &mut out.second);
     }
+    first_moments(sc, out);
     let (k, ho, wp) = (s.k, s.ho(), s.wp);
     let (nd, nc, wr) = (2 * k - 1, 2 * k, row_len(s));
     let zero = _mm256_setzero_si256();
@@ -374,16 +482,6 @@ fn widen(sc: &mut Scratch, second: &mut [u64]) {
     sc.pending = 0;
 }
 
-/// Forms the sums of a partial block and adds everything pending to `second`.
-///
-/// # Safety
-/// The CPU must support AVX2.
-#[target_feature(enable = "avx2")]
-pub unsafe fn flush(sc: &mut Scratch, second: &mut [u64]) {
-    block(sc, second);
-    widen(sc, second);
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -402,22 +500,26 @@ mod tests {
             hp: 12,
             wp: 12,
         };
-        let pl = Planes::new(12, 12, 2, 16);
-        let mut planes = vec![0u16; 12 * pl.row_len];
-        for y in 0..12 {
-            planes[pl.offset(0, y, 0)..pl.offset(0, y, 0) + 12].fill(255);
-        }
-        let mut sc = Scratch::default();
-        let mut second = vec![0u64; 81];
         let images = 16 * 340 + 5; // and a partial block
-        for _ in 0..images {
-            // SAFETY: AVX2 is present; the shape satisfies `add_image`'s conditions.
-            unsafe { add_image(s, pl, &planes, &mut sc, &mut second) };
-        }
-        // SAFETY: as above.
-        unsafe { flush(&mut sc, &mut second) };
-        assert!(sc.plan.max_pending < 340, "{}", sc.plan.max_pending);
+        let batch = Batch {
+            n: images,
+            c: 1,
+            h: 12,
+            w: 12,
+            layout: Layout::Nchw,
+        };
+        let x = vec![255u8; images * 144];
+        // SAFETY: AVX2 is present; the shape fits.
+        let got = unsafe { moments(&x, batch, s, 0, 0..images, None, 0) };
+        assert!(
+            Plan::new(s).max_pending < 340,
+            "{}",
+            Plan::new(s).max_pending
+        );
         let want = images as u64 * 100 * 65025;
+        assert_eq!(got.count, images as u64 * 100);
+        assert!(got.sum.iter().all(|&v| v == images as u64 * 100 * 255));
+        let second = got.second;
         assert!(
             second.iter().all(|&v| v == want),
             "{:?} != {want}",

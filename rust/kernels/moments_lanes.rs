@@ -147,6 +147,10 @@ pub struct Scratch {
     labels: [Option<usize>; IMAGES],
     /// Per column: window column sums of one channel, images 0-7 and 8-15 as `i32`.
     cols: Vec<[__m256i; 2]>,
+    /// The block's images transposed: `flat[q][m]` is byte `q` of image `m`.
+    flat: Vec<[i16; IMAGES]>,
+    /// A zero image, for the lanes of a partial block.
+    zeros: Vec<u8>,
 }
 
 /// The moments of the patches of images `range` of the `u8` batch `x` (stride 1, zero padding
@@ -174,55 +178,121 @@ pub unsafe fn moments(
     sc.soa.resize(s.c * s.hp * row_len(s), [0; IMAGES]);
     sc.acc.resize(sc.plan.entries.len(), _mm256_setzero_si256());
     let per_image = (s.ho() * s.wo()) as u64;
-    let (c, h, w) = (batch.c, batch.h, batch.w);
-    let wr = row_len(s);
-    for idx in range {
-        let m = sc.filled;
-        let img = &x[idx * batch.image_len()..(idx + 1) * batch.image_len()];
-        // Pixel (y, x) of channel ch goes to soa[(ch hp + pad + y) wr + k - 1 + pad + x]; the
-        // padding and the margins are never written, so they stay zero.
-        let at = |ch: usize, y: usize| (ch * s.hp + pad + y) * wr + s.k - 1 + pad;
-        match batch.layout {
-            Layout::Nchw => {
-                for ch in 0..c {
-                    for y in 0..h {
-                        let src = &img[(ch * h + y) * w..][..w];
-                        for (d, &v) in sc.soa[at(ch, y)..][..w].iter_mut().zip(src) {
-                            d[m] = i16::from(v);
-                        }
-                    }
-                }
-            }
-            Layout::Nhwc => {
-                for y in 0..h {
-                    let src = &img[y * w * c..][..w * c];
-                    for ch in 0..c {
-                        let dst = &mut sc.soa[at(ch, y)..][..w];
-                        for (d, v) in dst.iter_mut().zip(src[ch..].iter().step_by(c)) {
-                            d[m] = i16::from(*v);
-                        }
-                    }
-                }
+    for start in range.clone().step_by(IMAGES) {
+        let n = IMAGES.min(range.end - start);
+        for m in 0..n {
+            let class = labels.map(|l| l[start + m] as usize);
+            sc.labels[m] = class;
+            out.count += per_image;
+            if let Some(cls) = class {
+                out.class_count[cls] += per_image;
             }
         }
-        let class = labels.map(|l| l[idx] as usize);
-        sc.labels[m] = class;
-        out.count += per_image;
-        if let Some(cls) = class {
-            out.class_count[cls] += per_image;
-        }
-        sc.filled += 1;
-        if sc.filled == IMAGES {
-            block(&mut sc, &mut out);
-        }
+        load_block(&mut sc, x, batch, pad, start, n);
+        sc.filled = n;
+        block(&mut sc, &mut out);
     }
-    block(&mut sc, &mut out);
     widen(&mut sc, &mut out.second);
     out
 }
 
+/// Output register `j` of [`transpose16`] holds input column `BITREV[j]`.
+const BITREV: [usize; 16] = [0, 8, 4, 12, 2, 10, 6, 14, 1, 9, 5, 13, 3, 11, 7, 15];
+
+/// Transposes 16 rows of 16 bytes: four rounds of interleaving pairs of rows (bytes, then 2,
+/// 4 and 8 bytes at a time) leave column `BITREV[j]` in register `j`, its rows in order.
+#[inline]
+#[target_feature(enable = "avx2")]
+fn transpose16(mut a: [__m128i; 16]) -> [__m128i; 16] {
+    let mut b = [_mm_setzero_si128(); 16];
+    for i in 0..8 {
+        b[i] = _mm_unpacklo_epi8(a[2 * i], a[2 * i + 1]);
+        b[i + 8] = _mm_unpackhi_epi8(a[2 * i], a[2 * i + 1]);
+    }
+    for i in 0..8 {
+        a[i] = _mm_unpacklo_epi16(b[2 * i], b[2 * i + 1]);
+        a[i + 8] = _mm_unpackhi_epi16(b[2 * i], b[2 * i + 1]);
+    }
+    for i in 0..8 {
+        b[i] = _mm_unpacklo_epi32(a[2 * i], a[2 * i + 1]);
+        b[i + 8] = _mm_unpackhi_epi32(a[2 * i], a[2 * i + 1]);
+    }
+    for i in 0..8 {
+        a[i] = _mm_unpacklo_epi64(b[2 * i], b[2 * i + 1]);
+        a[i + 8] = _mm_unpackhi_epi64(b[2 * i], b[2 * i + 1]);
+    }
+    a
+}
+
+/// Puts images `start..start + n` of `x` into the lanes of `sc.soa` (the other lanes get zero
+/// images): each pixel index of 16 images becomes one `[i16; 16]`, 16 pixels per transpose,
+/// then rows go to their channel planes.
+#[inline(never)]
+#[target_feature(enable = "avx2")]
+fn load_block(sc: &mut Scratch, x: &[u8], batch: Batch, pad: usize, start: usize, n: usize) {
+    let Some(s) = sc.shape else { return };
+    let len = batch.image_len();
+    sc.zeros.resize(len, 0);
+    let zeros = &sc.zeros[..];
+    let imgs: [&[u8]; IMAGES] = std::array::from_fn(|m| {
+        if m < n {
+            &x[(start + m) * len..][..len]
+        } else {
+            zeros
+        }
+    });
+    let flat = &mut sc.flat;
+    flat.resize(len, [0; IMAGES]);
+    let mut q = 0;
+    while q + 16 <= len {
+        let rows: [__m128i; 16] = std::array::from_fn(|m| {
+            let row = &imgs[m][q..q + 16];
+            // SAFETY: 16 bytes, read unaligned.
+            unsafe { _mm_loadu_si128(row.as_ptr().cast()) }
+        });
+        let cols = transpose16(rows);
+        for (j, col) in cols.into_iter().enumerate() {
+            let px = &mut flat[q + BITREV[j]];
+            // SAFETY: 32 bytes, written unaligned.
+            unsafe { _mm256_storeu_si256(px.as_mut_ptr().cast(), _mm256_cvtepu8_epi16(col)) };
+        }
+        q += 16;
+    }
+    for (q, px) in flat.iter_mut().enumerate().skip(q) {
+        for (lane, img) in px.iter_mut().zip(&imgs) {
+            *lane = i16::from(img[q]);
+        }
+    }
+    // Pixel (y, x) of channel ch goes to soa[(ch hp + pad + y) wr + k - 1 + pad + x]; the
+    // padding and the margins are never written, so they stay zero.
+    let (c, h, w, wr) = (batch.c, batch.h, batch.w, row_len(s));
+    let at = |ch: usize, y: usize| (ch * s.hp + pad + y) * wr + s.k - 1 + pad;
+    match batch.layout {
+        Layout::Nchw => {
+            for ch in 0..c {
+                for y in 0..h {
+                    let src = &flat[(ch * h + y) * w..][..w];
+                    sc.soa[at(ch, y)..][..w].copy_from_slice(src);
+                }
+            }
+        }
+        Layout::Nhwc => {
+            for y in 0..h {
+                let src = &flat[y * w * c..][..w * c];
+                for ch in 0..c {
+                    let dst = &mut sc.soa[at(ch, y)..][..w];
+                    for (d, px) in dst.iter_mut().zip(src[ch..].iter().step_by(c)) {
+                        *d = *px;
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// Adds the window sums of every image in the block to `out.sum` (and its class's sums):
 /// per channel, column sums down the rows of each row offset `a`, then sums along them.
+#[inline(never)]
 #[target_feature(enable = "avx2")]
 fn first_moments(sc: &mut Scratch, out: &mut Moments<u64>) {
     let Some(s) = sc.shape else { return };
@@ -287,20 +357,16 @@ fn first_moments(sc: &mut Scratch, out: &mut Moments<u64>) {
     }
 }
 
-/// Forms the sums of the images in the block (unused lanes are zero images).
+/// Forms the sums of the images in the block (unused lanes hold zero images).
 ///
 /// For each `(c1, c2, di)` the rows go down once; each row passes over every column shift
 /// `dj` in groups of a few ([`row_group`]), so that one load of a pixel serves the whole group.
+#[inline(never)]
 #[target_feature(enable = "avx2")]
 fn block(sc: &mut Scratch, out: &mut Moments<u64>) {
     let Some(s) = sc.shape else { return };
     if sc.filled == 0 {
         return;
-    }
-    if sc.filled < IMAGES {
-        for px in sc.soa.iter_mut() {
-            px[sc.filled..].fill(0);
-        }
     }
     if sc.pending == sc.plan.max_pending {
         widen(sc, &mut out.second);

@@ -976,8 +976,8 @@ mod tests {
             (1, 3, 3, 3, 3, 1, 1, Layout::Nhwc),
             (1, 4, 12, 25, 8, 1, 0, Layout::Nchw),
             (1, 1, 33, 9, 9, 1, 4, Layout::Nchw),
-            // Several blocks of 16 images (the small-image kernel), the last one partial.
-            (17, 3, 12, 10, 5, 1, 1, Layout::Nhwc),
+            // Several blocks of images (the small-image kernel takes 32), the last one partial.
+            (45, 3, 12, 10, 5, 1, 1, Layout::Nhwc),
             (40, 1, 9, 9, 3, 1, 0, Layout::Nchw),
             (33, 2, 6, 7, 2, 1, 0, Layout::Nchw),
         ];
@@ -1009,6 +1009,7 @@ mod tests {
             (5, 3, 40, 14, 5, 1, Layout::Nhwc),
             (3, 1, 9, 4, 2, 0, Layout::Nchw),
             (40, 2, 16, 12, 7, 0, Layout::Nchw),
+            (70, 3, 13, 13, 4, 0, Layout::Nhwc),
         ];
         for (i, &(n, c, h, w, k, pad, layout)) in cases.iter().enumerate() {
             let b = Batch { n, c, h, w, layout };

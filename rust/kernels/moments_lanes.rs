@@ -2,11 +2,11 @@
 //!
 //! Same sums as the portable kernel in `moments.rs` (integers, so the same bits), arranged for
 //! kernels that are large next to the image (CIFAR's 32x32 at `k >= 7`), where the strip kernel
-//! (`moments_avx2`) spends most of its time on the image's edges: here 16 images go through the
-//! algorithm together, so there are no edges to treat apart. Lane `m` of every
-//! register holds pixel `(y, x)` of image `m` (as `i16`), so one `vpmaddwd` forms the product
-//! of one pixel pair in 16 images (lane `l` sums images `2l` and `2l + 1`, all of which are added
-//! up in the end anyway), and every index computation, cut and snapshot is shared by 16 images.
+//! (`moments_avx2`) spends most of its time on the image's edges: here 32 images go through the
+//! algorithm together, so there are no edges to treat apart. Lane `m` of the two registers of a
+//! pixel holds pixel `(y, x)` of image `m` (as `i16`), so one `vpmaddwd` forms the product of
+//! one pixel pair in 16 images (lane `l` sums images `2l` and `2l + 1`, all of which are added
+//! up in the end anyway), and every index computation, cut and snapshot is shared by 32 images.
 //!
 //! For channels `(c1, c2)` and shift `(di, dj)`, entry `M[(c1, a, b), (c2, a + di, b + dj)]` is
 //! the sum of `Q(y, x) = X1[y][x] X2[y + di][x + dj]` over the box `[a, a + ho) x [b, b + wo)`.
@@ -16,8 +16,8 @@
 //! `(v[b + wo] - v[b]) - (saved[b + wo] - saved[b])`. The box sums of a block of images are added
 //! into `u32` accumulators, widened into the `u64` totals before they could overflow.
 //!
-//! `u32` lanes: a lane adds products of two images, so any sum over one image pair is at most
-//! `hp * wp * 2 * 255^2`, which [`MAX_PIXELS`] keeps below `2^32`.
+//! `u32` lanes: a lane adds products of four images, so any sum over them is at most
+//! `hp * wp * 4 * 255^2`, which [`MAX_PIXELS`] keeps below `2^32`.
 
 use std::arch::x86_64::*;
 
@@ -27,8 +27,14 @@ use crate::kernels::image::{Batch, Layout};
 use crate::kernels::moments::Moments;
 use crate::kernels::moments_avx2::{blocks, offset_range};
 
-/// Images per block: 16 `i16` lanes of a 256-bit register.
-pub const IMAGES: usize = 16;
+/// Images per block: the 16 `i16` lanes of `HALVES` 256-bit registers per pixel.
+pub const IMAGES: usize = 32;
+
+// Chunks of images come in whole blocks.
+const _: () = assert!(crate::parallel::EXACT_BLOCK % IMAGES == 0);
+
+/// Registers per pixel of a block.
+const HALVES: usize = IMAGES / 16;
 
 /// Column shifts summed together: their running sums stay in registers.
 const MAX_GROUP: usize = 8;
@@ -37,7 +43,7 @@ const MAX_GROUP: usize = 8;
 const BAND: usize = 8;
 
 /// The largest padded image (`hp * wp` pixels) whose sums fit a `u32` lane.
-pub const MAX_PIXELS: usize = (u32::MAX / (2 * 255 * 255)) as usize;
+pub const MAX_PIXELS: usize = (u32::MAX / (2 * HALVES as u32 * 255 * 255)) as usize;
 
 /// Geometry of one call: channels, kernel size, padded height and width (stride 1).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -92,7 +98,7 @@ impl Plan {
                 }
             }
         }
-        let box_max = (s.ho() * s.wo()) as u64 * 2 * 255 * 255;
+        let box_max = (s.ho() * s.wo() * 2 * HALVES) as u64 * 255 * 255;
         plan.max_pending = (u64::from(u32::MAX) / box_max).max(1) as usize;
         plan
     }
@@ -127,7 +133,10 @@ fn row_len(s: Shape) -> usize {
     s.wp + 2 * s.k - 1
 }
 
-/// Buffers of the kernel, kept by the caller between images.
+/// The images of a block, one `i32` each.
+type Wide = [__m256i; 2 * HALVES];
+
+/// Buffers of the kernel for one chunk of images.
 #[derive(Default)]
 pub struct Scratch {
     shape: Option<Shape>,
@@ -145,8 +154,8 @@ pub struct Scratch {
     pending: usize,
     /// Class of each image in the block (`None`: no labels).
     labels: [Option<usize>; IMAGES],
-    /// Per column: window column sums of one channel, images 0-7 and 8-15 as `i32`.
-    cols: Vec<[__m256i; 2]>,
+    /// Per column: window column sums of one channel, as `i32`.
+    cols: Vec<Wide>,
     /// The block's images transposed: `flat[q][m]` is byte `q` of image `m`.
     flat: Vec<[i16; IMAGES]>,
     /// A zero image, for the lanes of a partial block.
@@ -225,8 +234,8 @@ fn transpose16(mut a: [__m128i; 16]) -> [__m128i; 16] {
 }
 
 /// Puts images `start..start + n` of `x` into the lanes of `sc.soa` (the other lanes get zero
-/// images): each pixel index of 16 images becomes one `[i16; 16]`, 16 pixels per transpose,
-/// then rows go to their channel planes.
+/// images): each pixel index becomes one `[i16; IMAGES]`, by transposes of 16 pixels of 16
+/// images, then rows go to their channel planes.
 #[inline(never)]
 #[target_feature(enable = "avx2")]
 fn load_block(sc: &mut Scratch, x: &[u8], batch: Batch, pad: usize, start: usize, n: usize) {
@@ -245,16 +254,20 @@ fn load_block(sc: &mut Scratch, x: &[u8], batch: Batch, pad: usize, start: usize
     flat.resize(len, [0; IMAGES]);
     let mut q = 0;
     while q + 16 <= len {
-        let rows: [__m128i; 16] = std::array::from_fn(|m| {
-            let row = &imgs[m][q..q + 16];
-            // SAFETY: 16 bytes, read unaligned.
-            unsafe { _mm_loadu_si128(row.as_ptr().cast()) }
-        });
-        let cols = transpose16(rows);
-        for (j, col) in cols.into_iter().enumerate() {
-            let px = &mut flat[q + BITREV[j]];
-            // SAFETY: 32 bytes, written unaligned.
-            unsafe { _mm256_storeu_si256(px.as_mut_ptr().cast(), _mm256_cvtepu8_epi16(col)) };
+        for half in 0..HALVES {
+            let rows: [__m128i; 16] = std::array::from_fn(|m| {
+                let row = &imgs[16 * half + m][q..q + 16];
+                // SAFETY: 16 bytes, read unaligned.
+                unsafe { _mm_loadu_si128(row.as_ptr().cast()) }
+            });
+            let cols = transpose16(rows);
+            for (j, col) in cols.into_iter().enumerate() {
+                let lanes = &mut flat[q + BITREV[j]][16 * half..16 * half + 16];
+                // SAFETY: 32 bytes, written unaligned.
+                unsafe {
+                    _mm256_storeu_si256(lanes.as_mut_ptr().cast(), _mm256_cvtepu8_epi16(col))
+                };
+            }
         }
         q += 16;
     }
@@ -299,48 +312,44 @@ fn first_moments(sc: &mut Scratch, out: &mut Moments<u64>) {
     let (k, ho, wo, wr) = (s.k, s.ho(), s.wo(), row_len(s));
     let kk = k * k;
     let zero = _mm256_setzero_si256();
-    // Images 0-7 and 8-15 of a pixel as i32.
-    let widen16 = |px: &[i16; IMAGES]| {
-        // SAFETY: 32 bytes, read unaligned.
-        let v = unsafe { _mm256_loadu_si256(px.as_ptr().cast()) };
-        [
-            _mm256_cvtepi16_epi32(_mm256_castsi256_si128(v)),
-            _mm256_cvtepi16_epi32(_mm256_extracti128_si256::<1>(v)),
-        ]
+    // The images of a pixel as i32, 8 per register.
+    let widen = |px: &[i16; IMAGES]| -> Wide {
+        std::array::from_fn(|i| {
+            // SAFETY: 16 bytes inside the pixel's IMAGES i16, read unaligned.
+            let v = unsafe { _mm_loadu_si128(px.as_ptr().add(8 * i).cast()) };
+            _mm256_cvtepi16_epi32(v)
+        })
     };
-    let add2 = |a: [__m256i; 2], b: [__m256i; 2]| {
-        [_mm256_add_epi32(a[0], b[0]), _mm256_add_epi32(a[1], b[1])]
-    };
-    let sub2 = |a: [__m256i; 2], b: [__m256i; 2]| {
-        [_mm256_sub_epi32(a[0], b[0]), _mm256_sub_epi32(a[1], b[1])]
-    };
-    sc.cols.resize(s.wp, [zero; 2]);
+    let add = |a: Wide, b: Wide| -> Wide { std::array::from_fn(|i| _mm256_add_epi32(a[i], b[i])) };
+    let sub = |a: Wide, b: Wide| -> Wide { std::array::from_fn(|i| _mm256_sub_epi32(a[i], b[i])) };
+    sc.cols.resize(s.wp, [zero; 2 * HALVES]);
     for ch in 0..s.c {
         let row = |y: usize| &sc.soa[(ch * s.hp + y) * wr + k - 1..][..s.wp];
         let mut cols = std::mem::take(&mut sc.cols);
-        cols.fill([zero; 2]);
+        cols.fill([zero; 2 * HALVES]);
         for y in 0..ho {
             for (col, px) in cols.iter_mut().zip(row(y)) {
-                *col = add2(*col, widen16(px));
+                *col = add(*col, widen(px));
             }
         }
         for a in 0..k {
             if a > 0 {
                 // Slide the rows down by one: drop row a - 1, add row a - 1 + ho.
                 for ((col, old), new) in cols.iter_mut().zip(row(a - 1)).zip(row(a - 1 + ho)) {
-                    *col = sub2(add2(*col, widen16(new)), widen16(old));
+                    *col = sub(add(*col, widen(new)), widen(old));
                 }
             }
-            let mut box_sum = cols[..wo].iter().fold([zero; 2], |t, &col| add2(t, col));
+            let mut box_sum = cols[..wo]
+                .iter()
+                .fold([zero; 2 * HALVES], |t, &col| add(t, col));
             for b in 0..k {
                 if b > 0 {
-                    box_sum = sub2(add2(box_sum, cols[b - 1 + wo]), cols[b - 1]);
+                    box_sum = sub(add(box_sum, cols[b - 1 + wo]), cols[b - 1]);
                 }
                 let mut lanes = [0i32; IMAGES];
-                // SAFETY: two stores of 8 i32 into an array of 16.
-                unsafe {
-                    _mm256_storeu_si256(lanes.as_mut_ptr().cast(), box_sum[0]);
-                    _mm256_storeu_si256(lanes.as_mut_ptr().add(8).cast(), box_sum[1]);
+                for (i, part) in box_sum.iter().enumerate() {
+                    // SAFETY: 8 i32 stored at 8 i, inside the array of IMAGES.
+                    unsafe { _mm256_storeu_si256(lanes.as_mut_ptr().add(8 * i).cast(), *part) };
                 }
                 let r = ch * kk + a * k + b;
                 for (m, &v) in lanes.iter().enumerate().take(sc.filled) {
@@ -485,18 +494,24 @@ fn row_group<const G: usize>(soa: &[[i16; IMAGES]], b: Band, v: &mut [__m256i]) 
     assert!(wo + 1 >= k && v.len() == G * nc);
     assert!(at1 + span + wp <= soa.len() && at2 + span + wp + G - 1 <= soa.len());
     let base = soa.as_ptr();
-    // SAFETY: every index below is `at1 + r wr + x` or `at2 + r wr + x + j` with `r < rows`,
-    // `x < wp`, `j < G`: in bounds by the assertion above.
-    let load = |i: usize| unsafe { _mm256_loadu_si256(base.add(i).cast()) };
+    // SAFETY: every pixel index below is `at1 + r wr + x` or `at2 + r wr + x + j` with
+    // `r < rows`, `x < wp`, `j < G`: in bounds by the assertion above; `h < HALVES` registers
+    // of 32 bytes make up a pixel.
+    let load =
+        |i: usize, h: usize| unsafe { _mm256_loadu_si256(base.add(i).cast::<__m256i>().add(h)) };
     let mut run = [_mm256_setzero_si256(); G];
     macro_rules! step {
         ($x:expr) => {{
             let x = $x;
             for r in 0..rows {
-                let a = load(at1 + r * wr + x);
+                let a: [__m256i; HALVES] = std::array::from_fn(|h| load(at1 + r * wr + x, h));
                 let b = at2 + r * wr + x;
                 for j in 0..G {
-                    run[j] = _mm256_add_epi32(run[j], _mm256_madd_epi16(a, load(b + j)));
+                    let mut q = _mm256_madd_epi16(a[0], load(b + j, 0));
+                    for h in 1..HALVES {
+                        q = _mm256_add_epi32(q, _mm256_madd_epi16(a[h], load(b + j, h)));
+                    }
+                    run[j] = _mm256_add_epi32(run[j], q);
                 }
             }
         }};
@@ -558,15 +573,17 @@ mod tests {
         if !has_avx2() {
             return;
         }
-        // All-255 images: every box of a block adds 2 * 100 * 255^2 to each lane, so the u32
-        // accumulators would wrap after 330 blocks; 340 blocks must still come out exact.
+        // All-255 images: every box of a block adds 2 * HALVES * 100 * 255^2 to each lane, so
+        // the u32 accumulators would wrap after 330 / HALVES blocks; 340 / HALVES blocks must
+        // still come out exact.
+        let blocks = 340 / HALVES;
         let s = Shape {
             c: 1,
             k: 3,
             hp: 12,
             wp: 12,
         };
-        let images = 16 * 340 + 5; // and a partial block
+        let images = IMAGES * blocks + 5; // and a partial block
         let batch = Batch {
             n: images,
             c: 1,
@@ -578,7 +595,7 @@ mod tests {
         // SAFETY: AVX2 is present; the shape fits.
         let got = unsafe { moments(&x, batch, s, 0, 0..images, None, 0) };
         assert!(
-            Plan::new(s).max_pending < 340,
+            Plan::new(s).max_pending < blocks,
             "{}",
             Plan::new(s).max_pending
         );

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from _data import shared_file
+from _data import jpeg_bytes, shared_file
 from firstlayer import PatchStats, image_spectrum, patch_stats
 from firstlayer.cli import COMMANDS, main
 from firstlayer.profile import energy_profile
@@ -155,6 +155,29 @@ def test_stats_matches_patch_stats(
     assert d["class_counts"] == np.asarray(ref.class_counts).tolist()
     code, text, _ = run(capsys, "stats", "sample", "--top", "3", "-q")
     assert code == 0 and "top 3 PCA eigenvalues" in text and "patches=915,300" in text
+
+
+def test_stats_of_a_jpeg_folder_with_resize_and_crop(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    # Real CIFAR-10 JPEGs; the CLI's folder options give what the Python API gives.
+    folder = tmp_path / "jpegs"
+    folder.mkdir()
+    for g in range(40):
+        (folder / f"{g:03d}.jpg").write_bytes(jpeg_bytes(g))
+    out = tmp_path / "f.npz"
+    args = ["stats", str(folder), "-k", "5", "--resize", "40", "--center-crop", "36"]
+    d = run_json(capsys, *args, "--out", str(out))
+    ref = patch_stats(folder, kernel_size=5, resize=40, center_crop=36, quiet=True)
+    assert PatchStats.load(out) == ref
+    assert d["n_images"] == 40 and d["count"] == 40 * 32 * 32
+    gray = run_json(capsys, "stats", str(folder), "-k", "3", "--grayscale", "--decoder", "pillow")
+    assert gray["channels"] == 1 and gray["dim"] == 9
+    ref_gray = patch_stats(folder, kernel_size=3, grayscale=True, decoder="pillow", quiet=True)
+    np.testing.assert_allclose(gray["mean"], ref_gray.mean, rtol=1e-12)
+    # On a source that is not made of image files the options are refused by name.
+    code, _, err = run(capsys, "stats", "sample", "--resize", "40")
+    assert code == 1 and "resize" in err
 
 
 def test_stats_normalized(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:

@@ -223,6 +223,14 @@ def _cmd_stats(args: argparse.Namespace) -> int:
         msg = "--normalize auto needs a network; name the normalisation"
         raise UsageError(msg)
     options = _stream_options(args)
+    # Folder options only where given, so that other sources never see them.
+    folder = {
+        "resize": args.resize,
+        "center_crop": args.center_crop,
+        "grayscale": args.grayscale or None,
+        "decoder": None if args.decoder == "auto" else args.decoder,
+    }
+    options.update({k: v for k, v in folder.items() if v is not None})
     if args.checkpoint:
         options["checkpoint"] = args.checkpoint
     t0 = time.monotonic()
@@ -761,6 +769,21 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     )
     _data_options(p, stats=False, positional=True)
     _patch_options(p)
+    g = p.add_argument_group("image folders (as torchvision's Resize / CenterCrop)")
+    g.add_argument(
+        "--resize",
+        type=int,
+        metavar="N",
+        help="resize each image so that its shorter side is N (bilinear, as Pillow)",
+    )
+    g.add_argument("--center-crop", type=int, metavar="N", help="then keep the central N x N")
+    g.add_argument("--grayscale", action="store_true", help="convert to one luminance channel")
+    g.add_argument(
+        "--decoder",
+        choices=("auto", "rust", "pillow"),
+        default="auto",
+        help="JPEG decoder: auto (Rust for baseline JPEGs, Pillow otherwise), rust, pillow",
+    )
     g = p.add_argument_group("result")
     g.add_argument("-o", "--out", metavar="FILE", help="save the statistics (.npz)")
     g.add_argument(

@@ -1,9 +1,9 @@
 //! The shifted-products kernel for small `u8` images at stride 1, with the images in the lanes.
 //!
 //! Same sums as the portable kernel in `moments.rs` (integers, so the same bits), arranged for
-//! kernels that are large next to the image (CIFAR's 32x32 at `k >= 7`), where the strip kernel
-//! (`moments_avx2`) spends most of its time on the image's edges: here 32 images go through the
-//! algorithm together, so there are no edges to treat apart. Lane `m` of the two registers of a
+//! small images (CIFAR's 32x32, up to 128x128), where the strip kernel (`moments_avx2`) spends
+//! much of its time on the image's edges: here 32 images go through the algorithm together, so
+//! there are no edges to treat apart. Lane `m` of the two registers of a
 //! pixel holds pixel `(y, x)` of image `m` (as `i16`), so one `vpmaddwd` forms the product of
 //! one pixel pair in 16 images (lane `l` sums images `2l` and `2l + 1`, all of which are added
 //! up in the end anyway), and every index computation, cut and snapshot is shared by 32 images.
@@ -14,7 +14,9 @@
 //! `v`, which therefore holds, per cut, the sum down the rows of the row prefix sums. `v` is saved
 //! at row `a` and, at row `a + ho`, each box is read off the four corners:
 //! `(v[b + wo] - v[b]) - (saved[b + wo] - saved[b])`. The box sums of a block of images are added
-//! into `u32` accumulators, widened into the `u64` totals before they could overflow.
+//! into `u32` accumulators, widened into the `u64` totals before they could overflow. Cuts are
+//! `k - 1` columns from either side of the row only, so each row is left cuts, a middle without
+//! any, right cuts (`row_group`); rows with no save or read between them are summed in bands.
 //!
 //! `u32` lanes: a lane adds products of four images, so any sum over them is at most
 //! `hp * wp * 4 * 255^2`, which [`MAX_PIXELS`] keeps below `2^32`.
@@ -163,7 +165,7 @@ pub struct Scratch {
 }
 
 /// The moments of the patches of images `range` of the `u8` batch `x` (stride 1, zero padding
-/// `pad`): the same sums as `moments::patch_moments`, 16 images at a time.
+/// `pad`): the same sums as `moments::patch_moments`, [`IMAGES`] images at a time.
 ///
 /// # Safety
 /// The CPU must support AVX2, and [`fits`] holds for the padded shape.

@@ -139,9 +139,8 @@ fn row_len(s: Shape) -> usize {
 type Wide = [__m256i; 2 * HALVES];
 
 /// Buffers of the kernel for one chunk of images.
-#[derive(Default)]
-pub struct Scratch {
-    shape: Option<Shape>,
+struct Scratch {
+    shape: Shape,
     plan: Plan,
     /// The block's images, pixel-major: `soa[(c * hp + y) * row_len + k - 1 + x][m]` is pixel
     /// `(y, x)` of channel `c` of image `m`; the margins stay zero.
@@ -181,13 +180,21 @@ pub unsafe fn moments(
 ) -> Moments<u64> {
     let p = s.c * s.k * s.k;
     let mut out = Moments::<u64>::zeros(p, n_classes);
+    let plan = Plan::new(s);
     let mut sc = Scratch {
-        shape: Some(s),
-        plan: Plan::new(s),
-        ..Scratch::default()
+        shape: s,
+        soa: vec![[0; IMAGES]; s.c * s.hp * row_len(s)],
+        filled: 0,
+        v: Vec::new(),
+        saved: Vec::new(),
+        acc: vec![_mm256_setzero_si256(); plan.entries.len()],
+        pending: 0,
+        labels: [None; IMAGES],
+        cols: Vec::new(),
+        flat: Vec::new(),
+        zeros: Vec::new(),
+        plan,
     };
-    sc.soa.resize(s.c * s.hp * row_len(s), [0; IMAGES]);
-    sc.acc.resize(sc.plan.entries.len(), _mm256_setzero_si256());
     let per_image = (s.ho() * s.wo()) as u64;
     for start in range.clone().step_by(IMAGES) {
         let n = IMAGES.min(range.end - start);
@@ -216,22 +223,19 @@ const BITREV: [usize; 16] = [0, 8, 4, 12, 2, 10, 6, 14, 1, 9, 5, 13, 3, 11, 7, 1
 #[target_feature(enable = "avx2")]
 fn transpose16(mut a: [__m128i; 16]) -> [__m128i; 16] {
     let mut b = [_mm_setzero_si128(); 16];
-    for i in 0..8 {
-        b[i] = _mm_unpacklo_epi8(a[2 * i], a[2 * i + 1]);
-        b[i + 8] = _mm_unpackhi_epi8(a[2 * i], a[2 * i + 1]);
+    // One round: rows 2i and 2i + 1 interleaved, their low halves to i, high halves to i + 8.
+    macro_rules! round {
+        ($from:ident, $to:ident, $lo:ident, $hi:ident) => {
+            for i in 0..8 {
+                $to[i] = $lo($from[2 * i], $from[2 * i + 1]);
+                $to[i + 8] = $hi($from[2 * i], $from[2 * i + 1]);
+            }
+        };
     }
-    for i in 0..8 {
-        a[i] = _mm_unpacklo_epi16(b[2 * i], b[2 * i + 1]);
-        a[i + 8] = _mm_unpackhi_epi16(b[2 * i], b[2 * i + 1]);
-    }
-    for i in 0..8 {
-        b[i] = _mm_unpacklo_epi32(a[2 * i], a[2 * i + 1]);
-        b[i + 8] = _mm_unpackhi_epi32(a[2 * i], a[2 * i + 1]);
-    }
-    for i in 0..8 {
-        a[i] = _mm_unpacklo_epi64(b[2 * i], b[2 * i + 1]);
-        a[i + 8] = _mm_unpackhi_epi64(b[2 * i], b[2 * i + 1]);
-    }
+    round!(a, b, _mm_unpacklo_epi8, _mm_unpackhi_epi8);
+    round!(b, a, _mm_unpacklo_epi16, _mm_unpackhi_epi16);
+    round!(a, b, _mm_unpacklo_epi32, _mm_unpackhi_epi32);
+    round!(b, a, _mm_unpacklo_epi64, _mm_unpackhi_epi64);
     a
 }
 
@@ -241,7 +245,7 @@ fn transpose16(mut a: [__m128i; 16]) -> [__m128i; 16] {
 #[inline(never)]
 #[target_feature(enable = "avx2")]
 fn load_block(sc: &mut Scratch, x: &[u8], batch: Batch, pad: usize, start: usize, n: usize) {
-    let Some(s) = sc.shape else { return };
+    let s = sc.shape;
     let len = batch.image_len();
     sc.zeros.resize(len, 0);
     let zeros = &sc.zeros[..];
@@ -310,7 +314,7 @@ fn load_block(sc: &mut Scratch, x: &[u8], batch: Batch, pad: usize, start: usize
 #[inline(never)]
 #[target_feature(enable = "avx2")]
 fn first_moments(sc: &mut Scratch, out: &mut Moments<u64>) {
-    let Some(s) = sc.shape else { return };
+    let s = sc.shape;
     let (k, ho, wo, wr) = (s.k, s.ho(), s.wo(), row_len(s));
     let kk = k * k;
     let zero = _mm256_setzero_si256();
@@ -375,10 +379,7 @@ fn first_moments(sc: &mut Scratch, out: &mut Moments<u64>) {
 #[inline(never)]
 #[target_feature(enable = "avx2")]
 fn block(sc: &mut Scratch, out: &mut Moments<u64>) {
-    let Some(s) = sc.shape else { return };
-    if sc.filled == 0 {
-        return;
-    }
+    let s = sc.shape;
     if sc.pending == sc.plan.max_pending {
         widen(sc, &mut out.second);
     }
@@ -392,10 +393,11 @@ fn block(sc: &mut Scratch, out: &mut Moments<u64>) {
         let rows_a = offset_range(k, di);
         let shifts = first_shift(c1, c2, di, k)..nd;
         sc.v.fill(zero);
-        let last = rows_a.end - 1 + ho; // one past the last row summed
-                                        // Rows where something happens before they are summed: `v` is saved (rows `a`) or read
-                                        // (rows `a + ho`). Between them rows are summed in bands: the running sums run down the
-                                        // band's rows at each column, so that a cut is added once per band, not once per row.
+        // One past the last row summed.
+        let last = rows_a.end - 1 + ho;
+        // Rows where something happens before they are summed: `v` is saved (rows `a`) or read
+        // (rows `a + ho`). Between them rows are summed in bands: the running sums run down the
+        // band's rows at each column, so that a cut is added once per band, not once per row.
         let event = |y: usize| y < rows_a.end || y >= rows_a.start + ho;
         let mut y = rows_a.start;
         loop {
@@ -459,7 +461,6 @@ fn block(sc: &mut Scratch, out: &mut Moments<u64>) {
         }
     }
     sc.pending += 1;
-    sc.filled = 0;
 }
 
 /// Rows summed together: `rows` rows from `at1` (first operand, pixel `x` at `at1 + x`) and
@@ -544,7 +545,7 @@ fn row_group<const G: usize>(soa: &[[i16; IMAGES]], b: Band, v: &mut [__m256i]) 
 /// Adds the accumulated box sums into `second` (and their mirror entries) and clears them.
 #[target_feature(enable = "avx2")]
 fn widen(sc: &mut Scratch, second: &mut [u64]) {
-    let Some(s) = sc.shape else { return };
+    let s = sc.shape;
     if sc.pending == 0 {
         return;
     }

@@ -15,18 +15,6 @@ SUPPORTED_DTYPES = (np.dtype(np.uint8), np.dtype(np.float32), np.dtype(np.float6
 _CHANNEL_SIZES = (1, 3, 4)
 
 
-def check_int(name: str, value: Any, lo: int, hi: int | None = None) -> int:
-    """``value`` as an int in ``[lo, hi]``, or a TypeError/ValueError naming ``name``."""
-    if isinstance(value, bool) or not isinstance(value, int | np.integer):
-        msg = f"{name}: expected an integer, got {type(value).__name__} {value!r}"
-        raise TypeError(msg)
-    if value < lo or (hi is not None and value > hi):
-        rng = f"[{lo}, {hi}]" if hi is not None else f">= {lo}"
-        msg = f"{name}: expected an integer in {rng}, got {value}"
-        raise ValueError(msg)
-    return int(value)
-
-
 def is_torch_tensor(x: object) -> bool:
     """True for a ``torch.Tensor``, without importing torch."""
     return type(x).__module__.startswith("torch") and hasattr(x, "detach")

@@ -1,14 +1,114 @@
-"""Versioned, checksummed, atomically written ``.npz`` files (never pickle)."""
+"""Files firstlayer writes and reads: atomic writes, JSON, and versioned ``.npz`` (never pickle).
+
+Every file firstlayer produces goes through :func:`atomic_write`: it is written to a temporary
+name in the destination folder, flushed and fsynced, renamed over the destination and the folder
+fsynced, so a kill at any point leaves the old file or the new one, never a torn one. The new
+file gets the permissions a plain ``open()`` would give (``0o666`` less the umask), or those of
+the file it replaces.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import json
+import math
 import os
 import tempfile
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
+from typing import IO, Any
 
 import numpy as np
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def fsync_dir(folder: str | os.PathLike[str]) -> None:
+    """Make a rename inside ``folder`` durable (no-op where folders cannot be opened)."""
+    if os.name != "posix":
+        return
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def atomic_write(path: str | os.PathLike[str]) -> Iterator[IO[bytes]]:
+    """Open a binary file that replaces ``path`` atomically when the block ends without error.
+
+    The destination folder must exist. On an exception the temporary file is removed and
+    ``path`` is left as it was.
+    """
+    target = Path(path)
+    folder = target.parent if str(target.parent) else Path(".")
+    if not folder.is_dir():
+        msg = f"path: directory {folder} does not exist"
+        raise FileNotFoundError(msg)
+    try:
+        mode = target.stat().st_mode & 0o7777
+    except OSError:
+        mode = 0o666 & ~_umask()
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, mode)
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    fsync_dir(folder)
+
+
+def atomic_write_bytes(path: str | os.PathLike[str], payload: bytes) -> None:
+    """Write ``payload`` to ``path`` atomically (see :func:`atomic_write`)."""
+    with atomic_write(path) as f:
+        f.write(payload)
+
+
+def jsonable(v: Any) -> Any:
+    """A JSON-ready copy of ``v``: numpy to Python, NaN and infinity to None, paths to text.
+
+    Dict keys become strings, tuples lists; anything else JSON cannot hold is written as its
+    ``repr`` rather than failing a long run at its last step.
+    """
+    if isinstance(v, dict):
+        return {str(k): jsonable(x) for k, x in v.items()}
+    if isinstance(v, list | tuple):
+        return [jsonable(x) for x in v]
+    if isinstance(v, np.ndarray):
+        return jsonable(v.tolist())
+    if isinstance(v, np.generic):
+        return jsonable(v.item())
+    if isinstance(v, float):
+        return v if math.isfinite(v) else None
+    if isinstance(v, str | int | bool) or v is None:
+        return v
+    if isinstance(v, os.PathLike):
+        return os.fspath(v)
+    return repr(v)
+
+
+def dumps(obj: Any, *, indent: int | None = 1, sort_keys: bool = False) -> str:
+    """JSON text of :func:`jsonable` ``(obj)`` (strict JSON: no NaN)."""
+    return json.dumps(jsonable(obj), indent=indent, sort_keys=sort_keys, allow_nan=False)
+
+
+def write_json(path: str | os.PathLike[str], obj: Any, *, sort_keys: bool = False) -> Path:
+    """Write ``obj`` as JSON (see :func:`dumps`) to ``path`` atomically."""
+    atomic_write_bytes(path, (dumps(obj, sort_keys=sort_keys) + "\n").encode())
+    return Path(path)
 
 
 def _digest(arrays: dict[str, np.ndarray]) -> str:
@@ -31,20 +131,8 @@ def save_npz(path: str | os.PathLike[str], kind: str, version: int, **arrays: np
     payload["__format__"] = np.array(kind)
     payload["__version__"] = np.array(version)
     payload["__sha256__"] = np.array(_digest(payload))
-    directory = path.parent if str(path.parent) else Path(".")
-    if not directory.is_dir():
-        msg = f"path: directory {directory} does not exist"
-        raise FileNotFoundError(msg)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **payload)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_write(path) as f:
+        np.savez(f, **payload)
     return path
 
 

@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 import numpy as np
 
 from firstlayer import sources
-from firstlayer._arrays import check_int
+from firstlayer._validate import check_int
 from firstlayer.stats import MAX_KERNEL_SIZE, PatchStats
 
 if TYPE_CHECKING:

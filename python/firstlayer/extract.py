@@ -22,7 +22,7 @@ import numpy as np
 
 from firstlayer import _core
 from firstlayer._arrays import as_batch, as_numpy, is_torch_tensor
-from firstlayer._arrays import check_int as _int
+from firstlayer._validate import check_int as _int
 
 MAX_KERNEL_SIZE = 64
 _U64_MAX = (1 << 64) - 1

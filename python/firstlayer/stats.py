@@ -22,7 +22,7 @@ import numpy as np
 
 from firstlayer import _core
 from firstlayer._arrays import as_batch, as_labels, is_torch_tensor
-from firstlayer._arrays import check_int as _check_int
+from firstlayer._validate import check_int as _check_int
 from firstlayer._io import load_npz, save_npz
 
 MAX_KERNEL_SIZE = 15

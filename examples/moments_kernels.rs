@@ -1,7 +1,7 @@
 //! The two AVX2 layouts of the shifted-products kernel side by side, on the same random `u8`
-//! batches: images in lanes (`moments_lanes`, chosen by `Method::Shifted` where it fits) and
-//! strips of one image (`moments_avx2`, forced by `Method::Strips`), best of 3 each, on the
-//! threads rayon is given. Both must give the same integers (checked).
+//! batches: images in lanes (`moments/lanes_avx2.rs`, chosen by `Method::Shifted` where it fits)
+//! and strips of one image (`moments/strips_avx2.rs`, forced by `Method::Strips`), best of 3 each,
+//! on the threads rayon is given. Both must give the same integers (checked).
 //!
 //! `cargo run --release --example moments_kernels [OUT.json]`
 //! (default `bench-results/moments_kernels.json`).

@@ -1,12 +1,10 @@
-//! The one error type of the core, and its mapping onto Python exceptions.
+//! The one error type of the core, in pure Rust (no Python types here).
 //!
-//! Kernels return `CoreError` and never panic on user input; `lib.rs` converts it into a
-//! `ValueError` (shape, parameter, value and layout problems) or a `TypeError` (dtypes).
+//! Kernels return `CoreError` and never panic on user input; `lib.rs`, the only file that knows
+//! Python, converts it into a `ValueError` (shape, parameter, value and layout problems) or a
+//! `TypeError` (dtypes).
 
 use std::fmt;
-
-use pyo3::exceptions::{PyTypeError, PyValueError};
-use pyo3::PyErr;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CoreError {
@@ -73,16 +71,5 @@ impl fmt::Display for CoreError {
 }
 
 impl std::error::Error for CoreError {}
-
-impl From<CoreError> for PyErr {
-    fn from(err: CoreError) -> Self {
-        match err {
-            CoreError::DType { .. } => PyTypeError::new_err(err.to_string()),
-            CoreError::Shape { .. } | CoreError::Param { .. } | CoreError::Value { .. } => {
-                PyValueError::new_err(err.to_string())
-            }
-        }
-    }
-}
 
 pub type CoreResult<T> = Result<T, CoreError>;

@@ -20,6 +20,19 @@ use crate::kernels::image::{Batch, Layout, Window};
 use crate::kernels::moments::{self, Method, Moments, Pixel};
 use crate::kernels::spectrum;
 
+/// The core's errors as Python exceptions (`?` converts): dtype errors become `TypeError`, shape,
+/// parameter and value errors `ValueError`.
+impl From<CoreError> for PyErr {
+    fn from(err: CoreError) -> Self {
+        match err {
+            CoreError::DType { .. } => PyTypeError::new_err(err.to_string()),
+            CoreError::Shape { .. } | CoreError::Param { .. } | CoreError::Value { .. } => {
+                PyValueError::new_err(err.to_string())
+            }
+        }
+    }
+}
+
 /// A 4-D image batch of one of the supported dtypes, borrowed from numpy.
 enum Images<'py> {
     U8(PyReadonlyArray4<'py, u8>),

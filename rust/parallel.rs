@@ -16,14 +16,14 @@ pub const CHUNK_ITEMS: usize = 8;
 /// Chunk size for exact (integer) reductions, whose result does not depend on it: large
 /// enough to amortise the per-chunk work (a `p x p` partial), small enough to give every
 /// thread a few chunks; whole blocks of images, which the small-image kernel
-/// (`moments_lanes`) works on together.
+/// (`moments/lanes_avx2.rs`) works on together.
 pub fn exact_chunk_items(n: usize) -> usize {
     n.div_ceil(4 * rayon::current_num_threads())
         .clamp(EXACT_BLOCK, 256)
         .next_multiple_of(EXACT_BLOCK)
 }
 
-/// Exact chunks hold whole multiples of this many images (a block of `moments_lanes`).
+/// Exact chunks hold whole multiples of this many images (a block of `moments/lanes_avx2.rs`).
 pub const EXACT_BLOCK: usize = 32;
 
 /// Budget for the chunk partials alive at once, in bytes: bounds memory whatever the dataset size.

@@ -11,7 +11,7 @@
 //!    (Python's `round`);
 //! 4. grayscale: ITU-R 601-2 luma with Pillow's integer rounding.
 //!
-//! PNG and BMP are decoded by the `image` crate. Baseline JPEGs are decoded by `jpeg.rs`,
+//! PNG and BMP are decoded by the `image` crate. Baseline JPEGs are decoded by `jpeg/`,
 //! reproducing libjpeg-turbo's default output that Pillow returns (islow IDCT, fancy
 //! chroma upsampling, fixed-point YCbCr -> RGB); other JPEGs (progressive, arithmetic, 4:4:0, ...)
 //! fall back to the `image` crate's zune-jpeg, which may differ from Pillow by a few levels.

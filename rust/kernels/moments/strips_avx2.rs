@@ -1,6 +1,6 @@
 //! The shifted-products kernel for `u8` images at stride 1, written with AVX2 intrinsics.
 //!
-//! Same algorithm and same integers as the portable kernel in `moments.rs` (so the same bits),
+//! Same algorithm and same integers as the portable kernel in `portable.rs` (so the same bits),
 //! arranged so that the work per product is three instructions:
 //!
 //! * pixels are `u16`, and interleaved with the row below in `pairs`: one `vpmaddwd` of an A
@@ -27,6 +27,7 @@ use std::arch::x86_64::*;
 use std::ops::Range;
 
 use crate::kernels::image::Planes;
+use crate::kernels::moments::geometry::{blocks, offset_range};
 
 /// Columns per strip (one `u32x8` register).
 const STRIP: usize = 8;
@@ -66,25 +67,6 @@ pub struct Shape {
     pub wo: usize,
     /// Columns of the planes rounded up to whole strips (zeros past the image).
     pub wc: usize,
-}
-
-/// Index range of offsets `a` in `[0, k)` with `a + d` also in `[0, k)`.
-pub(crate) fn offset_range(k: usize, d: isize) -> Range<usize> {
-    let lo = (-d).max(0) as usize;
-    let hi = (k as isize - d).min(k as isize).max(0) as usize;
-    lo..hi
-}
-
-/// Blocks `(c1, c2, di)` in the order they are computed: channel pairs `c1 <= c2`, row shifts
-/// from `-(k - 1)` (`0` for one channel with itself, the rest is its mirror) to `k - 1`.
-pub(crate) fn blocks(c: usize, k: usize) -> impl Iterator<Item = (usize, usize, isize)> {
-    let kd = k as isize - 1;
-    (0..c).flat_map(move |c1| {
-        (c1..c).flat_map(move |c2| {
-            let lo = if c1 == c2 { 0 } else { -kd };
-            (lo..=kd).map(move |di| (c1, c2, di))
-        })
-    })
 }
 
 /// Adds `sum p p^T` of every patch of one image to the accumulators of `sc`; [`flush`] turns

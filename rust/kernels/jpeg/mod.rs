@@ -7,17 +7,29 @@
 //!
 //! Speed comes from three places: a Huffman lookup that decodes a short code *and* its
 //! coefficient in one step, the IDCT and the colour conversion in AVX2 where the CPU has it
-//! (`jpeg_avx2`; the same integers as the portable code here, so the same bits), and decoding only
-//! the [`Window`] the caller keeps: blocks that no kept pixel depends on skip their IDCT, and only
-//! the kept pixels are upsampled and converted.
+//! (the same integers as the portable code, so the same bits), and decoding only the [`Window`]
+//! the caller keeps: blocks that no kept pixel depends on skip their IDCT, and only the kept
+//! pixels are upsampled and converted.
 //!
 //! Integer ranges: dequantised coefficients are kept to 16 bits as libjpeg-turbo's SIMD code
 //! keeps them, and the IDCT runs in wrapping `i32`. Every coefficient a baseline 8-bit encoder
 //! writes stays far inside both, so this is libjpeg's arithmetic exactly; for hostile files the
 //! two code paths still agree with each other bit for bit.
+//!
+//! The files form a tree, each importing only from the ones below it: this file (markers,
+//! Huffman decoding, upsampling, and the choice of IDCT and colour code per CPU); `avx2.rs`
+//! (x86-64: both steps in AVX2); `idct.rs` and `color.rs` (both steps in portable code, with the
+//! constants `avx2.rs` shares).
+
+#[cfg(target_arch = "x86_64")]
+mod avx2;
+mod color;
+mod idct;
 
 use std::ops::Range;
 
+use self::color::ycc_to_rgb;
+use self::idct::{idct_dc, idct_islow};
 use crate::kernels::simd::has_avx2;
 
 /// The part of the image to return: rows `top..top + h`, columns `left..left + w`.
@@ -225,92 +237,6 @@ const ZIGZAG: [usize; 64] = [
 #[inline]
 fn dequantize(v: i32, q: i32) -> i32 {
     i32::from(v.wrapping_mul(q) as i16)
-}
-
-/// libjpeg's islow constants (13 fractional bits) and scaling.
-pub(crate) mod islow {
-    pub const CB: u32 = 13;
-    pub const P1: u32 = 2;
-    pub const F0298: i32 = 2446;
-    pub const F0390: i32 = 3196;
-    pub const F0541: i32 = 4433;
-    pub const F0765: i32 = 6270;
-    pub const F0899: i32 = 7373;
-    pub const F1175: i32 = 9633;
-    pub const F1501: i32 = 12299;
-    pub const F1847: i32 = 15137;
-    pub const F1961: i32 = 16069;
-    pub const F2053: i32 = 16819;
-    pub const F2562: i32 = 20995;
-    pub const F3072: i32 = 25172;
-}
-
-/// libjpeg's `jpeg_idct_islow` of one block, portable code: one 1-D pass down the columns
-/// (descaled by `CB - P1` bits), one along the rows (`CB + P1 + 3` bits, then + 128, clamped).
-pub(crate) fn idct_islow(coef: &[i32; 64], out: &mut [u8], stride: usize) {
-    use islow::*;
-    let descale = |x: i32, n: u32| x.wrapping_add(1 << (n - 1)) >> n;
-    // The shared butterfly: inputs in natural order 0..8, outputs before descaling.
-    let butterfly = |d: [i32; 8]| -> [i32; 8] {
-        let m = |a: i32, c: i32| a.wrapping_mul(c);
-        let (z2, z3) = (d[2], d[6]);
-        let z1 = m(z2.wrapping_add(z3), F0541);
-        let tmp2 = z1.wrapping_add(m(z3, -F1847));
-        let tmp3 = z1.wrapping_add(m(z2, F0765));
-        let tmp0 = d[0].wrapping_add(d[4]) << CB;
-        let tmp1 = d[0].wrapping_sub(d[4]) << CB;
-        let t10 = tmp0.wrapping_add(tmp3);
-        let t13 = tmp0.wrapping_sub(tmp3);
-        let t11 = tmp1.wrapping_add(tmp2);
-        let t12 = tmp1.wrapping_sub(tmp2);
-        let (o0, o1, o2, o3) = (d[7], d[5], d[3], d[1]);
-        let z1 = o0.wrapping_add(o3);
-        let z2 = o1.wrapping_add(o2);
-        let z3 = o0.wrapping_add(o2);
-        let z4 = o1.wrapping_add(o3);
-        let z5 = m(z3.wrapping_add(z4), F1175);
-        let (o0, o1, o2, o3) = (m(o0, F0298), m(o1, F2053), m(o2, F3072), m(o3, F1501));
-        let z1 = m(z1, -F0899);
-        let z2 = m(z2, -F2562);
-        let z3 = m(z3, -F1961).wrapping_add(z5);
-        let z4 = m(z4, -F0390).wrapping_add(z5);
-        let o0 = o0.wrapping_add(z1).wrapping_add(z3);
-        let o1 = o1.wrapping_add(z2).wrapping_add(z4);
-        let o2 = o2.wrapping_add(z2).wrapping_add(z3);
-        let o3 = o3.wrapping_add(z1).wrapping_add(z4);
-        [
-            t10.wrapping_add(o3),
-            t11.wrapping_add(o2),
-            t12.wrapping_add(o1),
-            t13.wrapping_add(o0),
-            t13.wrapping_sub(o0),
-            t12.wrapping_sub(o1),
-            t11.wrapping_sub(o2),
-            t10.wrapping_sub(o3),
-        ]
-    };
-    let mut ws = [0i32; 64];
-    for col in 0..8 {
-        let o = butterfly(std::array::from_fn(|r| coef[r * 8 + col]));
-        for r in 0..8 {
-            ws[r * 8 + col] = descale(o[r], CB - P1);
-        }
-    }
-    for row in 0..8 {
-        let o = butterfly(std::array::from_fn(|c| ws[row * 8 + c]));
-        for c in 0..8 {
-            let v = descale(o[c], CB + P1 + 3).wrapping_add(128);
-            out[row * stride + c] = v.clamp(0, 255) as u8;
-        }
-    }
-}
-
-/// The IDCT of a block with only a DC coefficient: the constant both passes give.
-fn idct_dc(dc: i32, out: &mut [u8], stride: usize) {
-    let v = ((((dc << 2) + 16) >> 5) + 128).clamp(0, 255) as u8;
-    for r in 0..8 {
-        out[r * stride..r * stride + 8].fill(v);
-    }
 }
 
 fn be16(b: &[u8], i: usize) -> Option<usize> {
@@ -605,7 +531,7 @@ fn decode_scan(b: &[u8], start: usize, seg: &[u8], hd: &Header, win: Window) -> 
                             #[cfg(target_arch = "x86_64")]
                             // SAFETY: the CPU has AVX2 (checked above).
                             unsafe {
-                                crate::kernels::jpeg_avx2::idct_islow(&coef, out, s)
+                                self::avx2::idct_islow(&coef, out, s)
                             };
                         } else {
                             idct_islow(&coef, out, s);
@@ -722,28 +648,6 @@ fn h2v2_row(sums: &[i32], out: &mut [u8]) {
     put(out, 2 * n - 1, (sums[n - 1] * 4 + 7) >> 4);
 }
 
-/// `jdcolor.c`'s fixed-point YCbCr -> RGB (16 fractional bits), as plain arithmetic: the same
-/// integers its tables hold.
-pub(crate) mod ycc {
-    pub const HALF: i32 = 1 << 15;
-    pub const CR_R: i32 = 91881; // FIX(1.40200)
-    pub const CB_B: i32 = 116130; // FIX(1.77200)
-    pub const CR_G: i32 = 46802; // FIX(0.71414)
-    pub const CB_G: i32 = 22554; // FIX(0.34414)
-}
-
-/// One row of pixels, YCbCr to interleaved RGB, portable code.
-pub(crate) fn ycc_to_rgb(y: &[u8], cb: &[u8], cr: &[u8], out: &mut [u8]) {
-    use ycc::*;
-    let clamp = |v: i32| v.clamp(0, 255) as u8;
-    for (o, ((&yv, &cbv), &crv)) in out.chunks_exact_mut(3).zip(y.iter().zip(cb).zip(cr)) {
-        let (yv, cbv, crv) = (i32::from(yv), i32::from(cbv) - 128, i32::from(crv) - 128);
-        o[0] = clamp(yv + ((CR_R * crv + HALF) >> 16));
-        o[1] = clamp(yv + ((-CB_G * cbv - CR_G * crv + HALF) >> 16));
-        o[2] = clamp(yv + ((CB_B * cbv + HALF) >> 16));
-    }
-}
-
 /// Decode like libjpeg's defaults, or `None` for what this does not cover. `window` is told the
 /// image's `(height, width)` and answers the part to return; the answer is `(rgb, window)`.
 pub fn decode(
@@ -785,7 +689,7 @@ pub fn decode(
             #[cfg(target_arch = "x86_64")]
             // SAFETY: the CPU has AVX2 (checked above).
             unsafe {
-                crate::kernels::jpeg_avx2::ycc_to_rgb(yr, cb, cr, out)
+                self::avx2::ycc_to_rgb(yr, cb, cr, out)
             };
         } else {
             ycc_to_rgb(yr, cb, cr, out);
@@ -828,18 +732,6 @@ mod tests {
             assert_eq!((f & 255) as u32, 64 - b.n, "bits consumed"); // the first fill loads 64
         }
         assert!(seen > 100, "{seen}");
-    }
-
-    #[test]
-    fn dc_only_shortcut_equals_the_full_idct() {
-        for dc in [-32768, -1024, -17, -1, 0, 1, 7, 8, 9, 500, 1023, 32767] {
-            let mut coef = [0i32; 64];
-            coef[0] = dc;
-            let (mut a, mut b) = ([0u8; 64], [0u8; 64]);
-            idct_islow(&coef, &mut a, 8);
-            idct_dc(dc, &mut b, 8);
-            assert_eq!(a, b, "dc {dc}");
-        }
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! The JPEG decoder's two arithmetic-heavy steps in AVX2: the islow IDCT and YCbCr -> RGB.
 //!
-//! The same integers as the portable code in `jpeg.rs` (wrapping `i32` lanes, the same constants,
-//! shifts and clamps), so the same bits; the tests below check that on random and extreme input.
+//! The same integers as the portable code in `idct.rs` and `color.rs` (wrapping `i32` lanes, the
+//! same constants, shifts and clamps), so the same bits; the tests below check that on random and
+//! extreme input.
 //!
 //! * IDCT: the eight rows of a block are eight `i32x8` registers, so one butterfly transforms all
 //!   eight columns at once; a transpose turns the rows into columns for the second pass and back.
@@ -10,8 +11,10 @@
 
 use std::arch::x86_64::*;
 
-use crate::kernels::jpeg::islow::*;
-use crate::kernels::jpeg::ycc;
+use crate::kernels::jpeg::color::{self, CB_B, CB_G, CR_G, CR_R, HALF};
+use crate::kernels::jpeg::idct::{
+    CB, F0298, F0390, F0541, F0765, F0899, F1175, F1501, F1847, F1961, F2053, F2562, F3072, P1,
+};
 
 #[inline]
 #[target_feature(enable = "avx2")]
@@ -31,7 +34,7 @@ fn mulc(a: __m256i, c: i32) -> __m256i {
     _mm256_mullo_epi32(a, _mm256_set1_epi32(c))
 }
 
-/// The islow butterfly of `jpeg.rs`, on eight lanes at once.
+/// The islow butterfly of `idct.rs`, on eight lanes at once.
 #[inline]
 #[target_feature(enable = "avx2")]
 fn butterfly(d: &[__m256i; 8]) -> [__m256i; 8] {
@@ -112,12 +115,12 @@ fn transpose(r: &[__m256i; 8]) -> [__m256i; 8] {
     ]
 }
 
-/// `jpeg::idct_islow` with AVX2: the block's 8x8 pixels go to `out` at `stride` bytes per row.
+/// `idct::idct_islow` with AVX2: the block's 8x8 pixels go to `out` at `stride` bytes per row.
 ///
 /// # Safety
 /// The CPU must support AVX2. Memory accesses are bounds-checked (a short `out` panics).
 #[target_feature(enable = "avx2")]
-pub fn idct_islow(coef: &[i32; 64], out: &mut [u8], stride: usize) {
+pub(super) fn idct_islow(coef: &[i32; 64], out: &mut [u8], stride: usize) {
     // SAFETY: eight unaligned loads of eight `i32` each, inside the 64-element array.
     let rows: [__m256i; 8] =
         std::array::from_fn(|r| unsafe { _mm256_loadu_si256(coef.as_ptr().add(8 * r).cast()) });
@@ -164,33 +167,27 @@ const INTERLEAVE: [[[i8; 16]; 3]; 3] = {
     m
 };
 
-/// `jpeg::ycc_to_rgb` with AVX2: one row, YCbCr to interleaved RGB.
+/// `color::ycc_to_rgb` with AVX2: one row, YCbCr to interleaved RGB.
 ///
 /// # Safety
 /// The CPU must support AVX2. Only the pixels all four slices hold are read and written.
 #[target_feature(enable = "avx2")]
-pub fn ycc_to_rgb(y: &[u8], cb: &[u8], cr: &[u8], out: &mut [u8]) {
+pub(super) fn ycc_to_rgb(y: &[u8], cb: &[u8], cr: &[u8], out: &mut [u8]) {
     let n = y.len().min(cb.len()).min(cr.len()).min(out.len() / 3);
-    let half = _mm256_set1_epi32(ycc::HALF);
+    let half = _mm256_set1_epi32(HALF);
     let c128 = _mm256_set1_epi32(128);
     // Eight pixels from the low 8 bytes of each register, as i32 lanes.
     let channel = |yv: __m128i, cbv: __m128i, crv: __m128i| {
         let y32 = _mm256_cvtepu8_epi32(yv);
         let cb32 = sub(_mm256_cvtepu8_epi32(cbv), c128);
         let cr32 = sub(_mm256_cvtepu8_epi32(crv), c128);
-        let r = add(
-            y32,
-            _mm256_srai_epi32::<16>(add(mulc(cr32, ycc::CR_R), half)),
-        );
-        let g = mulc(cb32, -ycc::CB_G);
+        let r = add(y32, _mm256_srai_epi32::<16>(add(mulc(cr32, CR_R), half)));
+        let g = mulc(cb32, -CB_G);
         let g = add(
             y32,
-            _mm256_srai_epi32::<16>(add(add(g, mulc(cr32, -ycc::CR_G)), half)),
+            _mm256_srai_epi32::<16>(add(add(g, mulc(cr32, -CR_G)), half)),
         );
-        let b = add(
-            y32,
-            _mm256_srai_epi32::<16>(add(mulc(cb32, ycc::CB_B), half)),
-        );
+        let b = add(y32, _mm256_srai_epi32::<16>(add(mulc(cb32, CB_B), half)));
         (r, g, b)
     };
     // SAFETY: the shuffle masks are 16-byte arrays.
@@ -233,12 +230,13 @@ pub fn ycc_to_rgb(y: &[u8], cb: &[u8], cr: &[u8], out: &mut [u8]) {
         }
         i += 16;
     }
-    crate::kernels::jpeg::ycc_to_rgb(&y[i..n], &cb[i..n], &cr[i..n], &mut out[3 * i..3 * n]);
+    color::ycc_to_rgb(&y[i..n], &cb[i..n], &cr[i..n], &mut out[3 * i..3 * n]);
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kernels::jpeg::idct;
     use crate::kernels::simd::has_avx2;
 
     /// A small deterministic generator (SplitMix64).
@@ -271,7 +269,7 @@ mod tests {
                 }
             });
             let (mut a, mut b) = ([0u8; 80], [0u8; 80]);
-            crate::kernels::jpeg::idct_islow(&coef, &mut a, 10);
+            idct::idct_islow(&coef, &mut a, 10);
             // SAFETY: the CPU has AVX2 (checked above).
             unsafe { idct_islow(&coef, &mut b, 10) };
             assert_eq!(a, b, "case {case}: {coef:?}");
@@ -289,7 +287,7 @@ mod tests {
             let (mut y, cb, cr) = (row(), row(), row());
             y.iter_mut().take(3).for_each(|v| *v = 255); // saturating corners
             let (mut a, mut b) = (vec![0u8; 3 * n], vec![0u8; 3 * n]);
-            crate::kernels::jpeg::ycc_to_rgb(&y, &cb, &cr, &mut a);
+            color::ycc_to_rgb(&y, &cb, &cr, &mut a);
             // SAFETY: the CPU has AVX2 (checked above).
             unsafe { ycc_to_rgb(&y, &cb, &cr, &mut b) };
             assert_eq!(a, b, "n = {n}");

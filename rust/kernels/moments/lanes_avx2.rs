@@ -1,7 +1,7 @@
 //! The shifted-products kernel for small `u8` images at stride 1, with the images in the lanes.
 //!
-//! Same sums as the portable kernel in `moments.rs` (integers, so the same bits), arranged for
-//! small images (CIFAR's 32x32, up to 128x128), where the strip kernel (`moments_avx2`) spends
+//! Same sums as the portable kernel in `portable.rs` (integers, so the same bits), arranged for
+//! small images (CIFAR's 32x32, up to 128x128), where the strip kernel (`strips_avx2`) spends
 //! much of its time on the image's edges: here 32 images go through the algorithm together, so
 //! there are no edges to treat apart. Lane `m` of the two registers of a
 //! pixel holds pixel `(y, x)` of image `m` (as `i16`), so one `vpmaddwd` forms the product of
@@ -26,8 +26,7 @@ use std::arch::x86_64::*;
 use std::ops::Range;
 
 use crate::kernels::image::{Batch, Layout};
-use crate::kernels::moments::Moments;
-use crate::kernels::moments_avx2::{blocks, offset_range};
+use crate::kernels::moments::geometry::{blocks, offset_range, Moments};
 
 /// Images per block: the 16 `i16` lanes of `HALVES` 256-bit registers per pixel.
 pub const IMAGES: usize = 32;

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
+from firstlayer._io import atomic_write
+
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench-results"
 N_TRAIN = 50_000
@@ -48,7 +50,6 @@ def train_npy(n: int) -> Path:
             with Image.open(io.BytesIO(jpeg[offsets[i] : offsets[i + 1]].tobytes())) as im:
                 out[i] = np.asarray(im.convert("RGB"), dtype=np.uint8).transpose(2, 0, 1)
         print(f"decoded {n:,} JPEGs in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
-    tmp = cache.with_suffix(".tmp.npy")
-    np.save(tmp, out)
-    os.replace(tmp, cache)
+    with atomic_write(cache) as f:
+        np.save(f, out)
     return cache

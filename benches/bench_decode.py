@@ -14,7 +14,7 @@ Decoders, with the same number of threads ``N`` (all cores unless ``--threads``)
 * ``rust``    ``_core.decode_images(paths, threads=N)`` on batches of 256 paths (the GIL is
               released for the whole batch)
 * ``pillow``  ``firstlayer.sources.decode_image`` mapped over a ``ThreadPoolExecutor(N)``, which
-              is what ``sources.py`` does without the Rust decoder
+              is what ``firstlayer.sources`` does without the Rust decoder
 
 The files are read from the page cache (one untimed warm-up pass first). Each timing is the best
 of ``--repeats``. The largest |difference| between the two decoders' outputs is recorded too

@@ -39,6 +39,8 @@ from pathlib import Path
 
 import numpy as np
 
+from firstlayer._io import atomic_write_bytes
+
 REPO = Path(__file__).resolve().parent.parent
 SUBSET = "cifar10_exact_subset.npz"
 N_TEST_GLOBAL = 50_000
@@ -96,9 +98,7 @@ def write_npz(path: Path, arrays: dict[str, np.ndarray]) -> bytes:
             zf.writestr(info, npy.getvalue(), compresslevel=9)
     payload = buf.getvalue()
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(payload)
-    os.replace(tmp, path)
+    atomic_write_bytes(path, payload)
     return payload
 
 

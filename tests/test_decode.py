@@ -1,4 +1,4 @@
-"""``firstlayer._core.decode_images`` (Rust) against Pillow, the reference of ``sources.py``.
+"""``firstlayer._core.decode_images`` (Rust) against Pillow (``firstlayer.sources.decode``).
 
 Lossless formats (PNG, BMP) must match Pillow bit for bit, through every option: RGB/grayscale
 conversion, ``Resize`` (Pillow's antialiased bilinear), ``CenterCrop`` (with padding). So must

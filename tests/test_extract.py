@@ -290,7 +290,7 @@ def test_core_refuses_aliasing_itself() -> None:
     [
         ({"kernel_size": 0}, ValueError, r"kernel_size: expected an integer in \[1, 64\], got 0"),
         ({"kernel_size": 3.0}, TypeError, "kernel_size: expected an integer, got float"),
-        ({"kernel_size": 3, "stride": 0}, ValueError, "stride: expected an integer in >= 1"),
+        ({"kernel_size": 3, "stride": 0}, ValueError, "stride: expected an integer >= 1"),
         ({"kernel_size": 3, "padding": 3}, ValueError, r"padding: expected .*\[0, 2\], got 3"),
         ({"kernel_size": 9}, ValueError, "x: expected images of at least 9x9"),
         ({"kernel_size": 3, "max_patches": 73}, ValueError, "max_patches: expected at most .* 72"),
@@ -360,7 +360,14 @@ def test_iter_patches_sampled_per_image() -> None:
 
 def test_iter_patches_errors() -> None:
     x = images(2, 3, 8, 8)
-    with pytest.raises(ValueError, match="batch_patches: expected an integer in >= 1"):
+    with pytest.raises(ValueError, match="batch_patches: expected an integer >= 1"):
         next(iter_patches(x, 3, batch_patches=0))
     with pytest.raises(ValueError, match="max_patches_per_image"):
         next(iter_patches(x, 3, max_patches_per_image=0))
+
+
+def test_kernel_size_defaults_to_3_as_in_patch_stats():
+    x = np.arange(2 * 3 * 5 * 5, dtype=np.uint8).reshape(2, 3, 5, 5)
+    np.testing.assert_array_equal(extract_patches(x), extract_patches(x, 3))
+    chunks = list(iter_patches(ArraySource(x, layout="NCHW")))
+    np.testing.assert_array_equal(np.concatenate(chunks), extract_patches(x, 3))

@@ -40,7 +40,8 @@ import firstlayer
 from firstlayer import PatchStats, patch_stats
 from firstlayer._io import save_npz
 from firstlayer.checkpoint import Checkpoint, read_checkpoint, write_checkpoint
-from firstlayer.cifar_reader import UnsafePickleError, read_cifar_batch
+from firstlayer.exceptions import UnsafePickleError
+from firstlayer.sources.cifar_pickle import read_cifar_batch
 
 CORPUS = Path(__file__).resolve().parent / "fuzz" / "corpus"
 MARKER = "FIRSTLAYER_PWNED"  # what the hostile corpus files try to create in the working dir
@@ -214,7 +215,7 @@ CATALOGUE: list[tuple[str, Callable[[Path], Any], type[BaseException], str]] = [
     ("stats path is a folder", lambda d: PatchStats.load(d), ValueError, "is a folder"),
     # -- checkpoints ----------------------------------------------------------------------------
     ("checkpoint of a future version", lambda d: read_checkpoint(d / "ckpt_future.npz"),
-     ValueError, "has version 99; this firstlayer reads up to 1"),
+     ValueError, "has version 99; this firstlayer reads up to 2"),
     ("checkpoint is a stats file", lambda d: read_checkpoint(d / "stats.npz"), ValueError,
      "is not a firstlayer checkpoint"),
     ("checkpoint path is a folder", lambda d: read_checkpoint(d), ValueError, "is a folder"),
@@ -468,7 +469,8 @@ def test_corpus_pngs_give_reasons_not_exceptions() -> None:
 
 _STREAM_CHILD = """
 import sys, time
-from firstlayer import _core, sources
+from firstlayer import _core
+from firstlayer.streaming import stream_stats
 
 fast = _core.decode_images
 
@@ -477,8 +479,8 @@ def decode(paths, **kw):
     return fast(paths, **kw)
 
 _core.decode_images = decode
-sources.stream_stats(sys.argv[1], kernel_size=3, batch_size=20, workers=2,
-                     checkpoint=sys.argv[2], checkpoint_every=40, quiet=True)
+stream_stats(sys.argv[1], kernel_size=3, batch_size=20, decode_threads=2,
+             checkpoint=sys.argv[2], checkpoint_every=40, quiet=True)
 print("finished")
 """
 
@@ -519,7 +521,7 @@ def test_random_sigkills_of_a_folder_run_resume_to_the_same_statistics(tmp_path:
         positions.append(state.position)
     assert kills >= 2, positions
     assert positions == sorted(positions)
-    resumed = firstlayer.sources.stream_stats(
+    resumed = firstlayer.streaming.stream_stats(
         folder, kernel_size=3, batch_size=20, checkpoint=ckpt, checkpoint_every=40, quiet=True
     )
     assert resumed == patch_stats(x, 3)
@@ -574,7 +576,7 @@ def test_training_killed_before_its_first_checkpoint_can_be_resumed(tmp_path: Pa
 
     kw = {"arch": "small_cnn", "dataset": "sample", "subset": 32, "test_dataset": "none",
           "width": 0.25, "batch_size": 16, "epochs": 1, "threads": 1, "quiet": True,
-          "out": str(tmp_path / "run")}  # fmt: skip
+          "out_dir": str(tmp_path / "run")}  # fmt: skip
     proc = _run(_TRAIN_KILLER, json.dumps(kw), env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-500:]
     assert (tmp_path / "run").exists()

@@ -19,22 +19,12 @@ import pytest
 
 import _data  # tests/_data.py (pytest puts tests/ on sys.path)
 import firstlayer
-from firstlayer import sources
-from firstlayer.checkpoint import read_checkpoint
-from firstlayer.cifar_reader import (
-    UnsafePickleError,
-    load_restricted_pickle,
-    read_cifar_batch,
-    read_meta,
-)
-from firstlayer.sources import (
-    DatasetNotFoundError,
-    DecodeOptions,
-    ImageDecodeError,
-    decode_image,
-    load_sample,
-    stream_stats,
-)
+from firstlayer import _progress, sources
+from firstlayer.checkpoint import Checkpoint, read_checkpoint, write_checkpoint
+from firstlayer.exceptions import DatasetNotFoundError, ImageDecodeError, UnsafePickleError
+from firstlayer.sources import DecodeOptions, datasets, decode_image, load_sample
+from firstlayer.sources.cifar_pickle import load_restricted_pickle, read_cifar_batch, read_meta
+from firstlayer.streaming import stream_stats
 
 K = 3
 N = 240  # images used by most tests
@@ -174,10 +164,12 @@ def test_crafted_pickles_raise(blob: bytes) -> None:
 
 
 def test_png_folder_equals_in_memory(png_folder: Path, reference: firstlayer.PatchStats) -> None:
-    got = firstlayer.patch_stats(png_folder, kernel_size=K, batch_size=37, workers=2, quiet=True)
+    got = firstlayer.patch_stats(
+        png_folder, kernel_size=K, batch_size=37, decode_threads=2, quiet=True
+    )
     assert got == reference
     assert got.skipped == []
-    one = stream_stats(png_folder, kernel_size=K, batch_size=256, workers=1, quiet=True)
+    one = stream_stats(png_folder, kernel_size=K, batch_size=256, decode_threads=1, quiet=True)
     assert one == reference
 
 
@@ -476,7 +468,7 @@ def test_sample_is_bundled_and_exact() -> None:
     assert len(xt) == 350
     assert np.bincount(yt).tolist() == [35] * 10
     assert firstlayer.patch_stats("sample", quiet=True) == firstlayer.patch_stats(x, labels=y)
-    size = sources._sample_path().stat().st_size
+    size = sources.sample_path().stat().st_size
     assert size <= 4_000_000
 
 
@@ -491,7 +483,7 @@ def test_make_sample_is_reproducible(tmp_path: Path) -> None:
         )  # fmt: skip
     assert (tmp_path / "a.npz").read_bytes() == (tmp_path / "b.npz").read_bytes()
     with np.load(tmp_path / "a.npz", allow_pickle=False) as new:
-        with np.load(sources._sample_path(), allow_pickle=False) as shipped:
+        with np.load(sources.sample_path(), allow_pickle=False) as shipped:
             assert sorted(new.files) == sorted(shipped.files)
             for k in new.files:
                 np.testing.assert_array_equal(new[k], shipped[k])
@@ -518,7 +510,7 @@ def test_missing_dataset_names_every_path(tmp_path: Path, monkeypatch: pytest.Mo
     def offline(family: str, split: str, root: Path) -> None:
         raise OSError("[Errno -3] Temporary failure in name resolution")
 
-    monkeypatch.setattr(sources, "_download", offline)
+    monkeypatch.setattr(datasets, "_download", offline)
     monkeypatch.setenv("FIRSTLAYER_DATA", str(tmp_path / "a") + os.pathsep + str(tmp_path / "b"))
     with pytest.raises(FileNotFoundError) as err:
         stream_stats("mnist", quiet=True)
@@ -535,18 +527,19 @@ def test_missing_dataset_names_every_path(tmp_path: Path, monkeypatch: pytest.Mo
 _CHILD = textwrap.dedent(
     """
     import sys, time
-    from firstlayer import sources
+    from firstlayer.sources import decode
+    from firstlayer.streaming import stream_stats
 
-    slow = sources._decode_or_reason
+    slow = decode._decode_or_reason
 
-    def decode(path, opts):
+    def slowed(path, opts):
         time.sleep(0.004)  # make the run long enough to be killed in the middle
         return slow(path, opts)
 
-    sources._decode_or_reason = decode
+    decode._decode_or_reason = slowed
     # decoder="pillow": the slowed-down path above (the Rust decoder would finish too soon).
-    sources.stream_stats(sys.argv[1], kernel_size=5, batch_size=50, workers=2, decoder="pillow",
-                         checkpoint=sys.argv[2], checkpoint_every=100, quiet=True)
+    stream_stats(sys.argv[1], kernel_size=5, batch_size=50, decode_threads=2, decoder="pillow",
+                 checkpoint=sys.argv[2], checkpoint_every=100, quiet=True)
     print("finished")
     """
 )
@@ -632,6 +625,28 @@ def test_checkpoint_of_another_run_is_refused(tmp_path: Path) -> None:
         stream_stats(tmp_path / "a.npy", kernel_size=5, batch_size=16, checkpoint=ckpt, quiet=True)
 
 
+def test_checkpoint_holds_the_arrays_and_version_1_files_still_read(tmp_path: Path) -> None:
+    x, y = _data.exact_images(20)
+    stats = firstlayer.patch_stats(x, kernel_size=K, labels=y)
+    write_checkpoint(tmp_path / "c.npz", Checkpoint(stats, 20, "f", [("a.png", "bad")]))
+    with np.load(tmp_path / "c.npz", allow_pickle=False) as z:
+        assert {"stats.sum", "stats.second_moment", "stats.shift"} <= set(z.files)
+    state = read_checkpoint(tmp_path / "c.npz")
+    assert (state.stats, state.position, state.skipped) == (stats, 20, [("a.png", "bad")])
+    # Version 1 embedded the bytes of the statistics' own file.
+    stats.save(tmp_path / "s.npz")
+    blob = np.frombuffer((tmp_path / "s.npz").read_bytes(), dtype=np.uint8)
+    np.savez(tmp_path / "v1.npz", checkpoint_version=np.array(1), position=np.array(20),
+             fingerprint=np.array("f"), skipped_paths=np.array(["a.png"]),
+             skipped_reasons=np.array(["bad"]), stats_npz=blob)  # fmt: skip
+    old = read_checkpoint(tmp_path / "v1.npz")
+    assert (old.stats, old.position, old.skipped) == (stats, 20, [("a.png", "bad")])
+    np.savez(tmp_path / "v1bad.npz", checkpoint_version=np.array(1), position=np.array(0),
+             fingerprint=np.array("f"), stats_npz=blob[:-200])  # fmt: skip
+    with pytest.raises(ValueError, match="v1bad.npz"):
+        read_checkpoint(tmp_path / "v1bad.npz")
+
+
 # ---------------------------------------------------------------------------------------------
 # Progress and argument errors
 # ---------------------------------------------------------------------------------------------
@@ -642,7 +657,7 @@ def test_progress_line(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFi
     assert capsys.readouterr().err == ""
     stream_stats("sample")  # quick: under the delay, silent
     assert capsys.readouterr().err == ""
-    monkeypatch.setattr(sources, "PROGRESS_DELAY_S", 0.0)
+    monkeypatch.setattr(_progress, "PROGRESS_DELAY_S", 0.0)
     stream_stats("sample", batch_size=500)
     err = capsys.readouterr().err
     assert "firstlayer: sample:" in err
@@ -650,7 +665,7 @@ def test_progress_line(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFi
     stream_stats("sample", batch_size=500, quiet=True)
     assert capsys.readouterr().err == ""
     buf = io.StringIO()
-    bar = sources.Progress(None, name="loader", delay=0.0, stream=buf)
+    bar = _progress.Progress(None, name="loader", delay=0.0, stream=buf)
     bar.update(10)
     bar.close()
     assert "10 images" in buf.getvalue()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -330,10 +331,62 @@ def test_bad_updates_and_merges():
         stats.normalized(0.5, 0.0)
 
 
+def test_arrays_round_trip_and_are_checked():
+    x, y = exact_images(12)
+    for stats in (patch_stats(x, 3, labels=y), patch_stats(x / np.float32(255), 2)):
+        arrays = stats.to_arrays()
+        assert PatchStats.from_arrays(arrays) == stats
+        assert PatchStats.from_arrays(stats.normalized(0.5, 0.2).to_arrays()) == stats.normalized(
+            0.5, 0.2
+        )
+    arrays = patch_stats(x, 3).to_arrays()
+    with pytest.raises(ValueError, match=r"arrays: .*missing fields \['count'\]"):
+        PatchStats.from_arrays({k: v for k, v in arrays.items() if k != "count"})
+    with pytest.raises(ValueError, match="field 'sum' is uint64"):
+        PatchStats.from_arrays({**arrays, "sum": arrays["sum"][:-1]})
+    with pytest.raises(ValueError, match="field 'count' has dtype"):
+        PatchStats.from_arrays({**arrays, "count": np.array(1 + 2j)})
+    with pytest.raises(ValueError, match="field 'shift' is missing"):
+        PatchStats.from_arrays({k: v for k, v in arrays.items() if k != "shift"})
+    old = {k: v for k, v in arrays.items() if k != "shift"}
+    assert PatchStats.from_arrays(old, version=1) == patch_stats(x, 3)  # version 1: no shift
+
+
+_NO_TORCH = """
+import sys
+import firstlayer
+assert sorted(m for m in sys.modules if m.startswith("firstlayer")) == [
+    "firstlayer", "firstlayer._core"], sorted(sys.modules)
+from firstlayer import *
+print("torch" in sys.modules, "matplotlib" in sys.modules)
+assert set(firstlayer.__all__) <= set(firstlayer._LAZY) | {"__version__"}
+assert all(getattr(firstlayer, name) is not None for name in firstlayer.__all__)
+"""
+
+
 def test_import_does_not_pull_in_torch_or_matplotlib():
     code = "import sys, firstlayer; print('torch' in sys.modules, 'matplotlib' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["False", "False"]
+    # Not even `from firstlayer import *`: __all__ leaves out the lazy names that import torch.
+    out = subprocess.run([sys.executable, "-c", _NO_TORCH], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["False", "False"]
+
+
+def test_stats_imports_no_source_driver_or_checkpoint():
+    code = (
+        "import json, sys, firstlayer.stats; "
+        "print(json.dumps(sorted(m for m in sys.modules if m.startswith('firstlayer.'))))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    loaded = json.loads(out.stdout)
+    assert "firstlayer.stats" in loaded
+    assert not [
+        m
+        for m in loaded
+        if m.startswith(("firstlayer.sources", "firstlayer.streaming", "firstlayer.checkpoint"))
+    ], loaded
 
 
 def test_stub_lists_every_core_function():

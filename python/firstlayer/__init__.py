@@ -2,33 +2,69 @@
 
 Exact patch statistics computed by a Rust core, energy profiles of any network's first layer,
 the linear-CNN theory of Chowers & Weiss (ICML 2023), training and reports. ``import firstlayer``
-loads only numpy and the compiled core; torch and matplotlib are imported when first needed.
+loads only the compiled core; every other name is imported when first used, and torch and
+matplotlib only by the functions that need them.
+
+The package follows the data: :mod:`~firstlayer.sources` (anything holding images, as batches)
+-> :mod:`~firstlayer.streaming` (``patch_stats``: batches through the Rust kernels) ->
+:mod:`~firstlayer.stats` (``PatchStats``) -> analysis (:mod:`~firstlayer.profile`,
+:mod:`~firstlayer.theory`, :mod:`~firstlayer.whitening`, :mod:`~firstlayer.filters`) ->
+:mod:`~firstlayer.report`.
 """
 
 from __future__ import annotations
 
 import importlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from firstlayer._core import __version__
-from firstlayer.spectrum import ImageSpectrum, dft2, image_spectrum
-from firstlayer.stats import PCA, PatchStats, patch_stats
 
-# Names served lazily from modules that import torch or are large: name -> module.
+if TYPE_CHECKING:  # what the lazy names resolve to, for type checkers and IDEs
+    from firstlayer.exceptions import DatasetNotFoundError, ImageDecodeError, UnsafePickleError
+    from firstlayer.extract import extract_patches, iter_patches
+    from firstlayer.filters import FirstLayer, first_layer
+    from firstlayer.profile import (
+        DFTProfile,
+        correlation_matrix,
+        dft_profile,
+        energy_profile,
+        profile_correlation,
+        radial_average,
+    )
+    from firstlayer.sources import load_sample, open_source
+    from firstlayer.spectrum import ImageSpectrum, dft2, image_spectrum
+    from firstlayer.stats import PCA, PatchStats
+    from firstlayer.streaming import patch_stats
+    from firstlayer.whitening import init_first_layer, whitening_filters
+
+# Every public name but __version__, served lazily: name -> the module defining it (a name equal
+# to its module's last part is the module itself).
 _LAZY = {
-    # modules
-    "theory": "firstlayer.theory",
+    # modules, along the flow
+    "exceptions": "firstlayer.exceptions",
     "sources": "firstlayer.sources",
-    "filters": "firstlayer.filters",
+    "stats": "firstlayer.stats",
+    "checkpoint": "firstlayer.checkpoint",
+    "spectrum": "firstlayer.spectrum",
+    "streaming": "firstlayer.streaming",
+    "extract": "firstlayer.extract",
     "profile": "firstlayer.profile",
+    "theory": "firstlayer.theory",
     "whitening": "firstlayer.whitening",
-    "report": "firstlayer.report",
+    "filters": "firstlayer.filters",
+    "train": "firstlayer.train",  # a callable package: firstlayer.train(...) trains
     "distributed": "firstlayer.distributed",
+    "report": "firstlayer.report",
     "reproduce": "firstlayer.reproduce",
-    # the patches themselves
+    # patch statistics
+    "PatchStats": "firstlayer.stats",
+    "PCA": "firstlayer.stats",
+    "patch_stats": "firstlayer.streaming",
     "extract_patches": "firstlayer.extract",
     "iter_patches": "firstlayer.extract",
-    "train": "firstlayer.train",  # a callable package: firstlayer.train(...) trains
+    "ImageSpectrum": "firstlayer.spectrum",
+    "dft2": "firstlayer.spectrum",
+    "image_spectrum": "firstlayer.spectrum",
     # first layers and energy profiles
     "FirstLayer": "firstlayer.filters",
     "first_layer": "firstlayer.filters",
@@ -43,20 +79,52 @@ _LAZY = {
     # datasets
     "load_sample": "firstlayer.sources",
     "open_source": "firstlayer.sources",
-    "ImageDecodeError": "firstlayer.sources",
-    "DatasetNotFoundError": "firstlayer.sources",
-    "UnsafePickleError": "firstlayer.cifar_reader",
+    # errors
+    "ImageDecodeError": "firstlayer.exceptions",
+    "DatasetNotFoundError": "firstlayer.exceptions",
+    "UnsafePickleError": "firstlayer.exceptions",
 }
 
+# Every lazy name but those whose import imports torch (``train``, ``reproduce``), so that
+# ``from firstlayer import *`` stays light; tests/test_stats.py checks both.
 __all__ = [
     "PCA",
+    "DFTProfile",
+    "DatasetNotFoundError",
+    "FirstLayer",
+    "ImageDecodeError",
     "ImageSpectrum",
     "PatchStats",
+    "UnsafePickleError",
     "__version__",
+    "checkpoint",
+    "correlation_matrix",
     "dft2",
+    "dft_profile",
+    "distributed",
+    "energy_profile",
+    "exceptions",
+    "extract",
+    "extract_patches",
+    "filters",
+    "first_layer",
     "image_spectrum",
+    "init_first_layer",
+    "iter_patches",
+    "load_sample",
+    "open_source",
     "patch_stats",
-    *_LAZY,
+    "profile",
+    "profile_correlation",
+    "radial_average",
+    "report",
+    "sources",
+    "spectrum",
+    "stats",
+    "streaming",
+    "theory",
+    "whitening",
+    "whitening_filters",
 ]
 
 
@@ -68,3 +136,7 @@ def __getattr__(name: str) -> Any:
         return value
     msg = f"module 'firstlayer' has no attribute {name!r}"
     raise AttributeError(msg)
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY})

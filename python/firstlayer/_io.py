@@ -10,6 +10,7 @@ the file it replaces.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import math
@@ -36,6 +37,11 @@ def fsync_dir(folder: str | os.PathLike[str]) -> None:
     fd = os.open(folder, os.O_RDONLY)
     try:
         os.fsync(fd)
+    except OSError as e:
+        # Some file systems (network mounts, FUSE) refuse fsync on a folder; the rename
+        # itself has happened, so only its durability is left to the file system.
+        if e.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EBADF):
+            raise
     finally:
         os.close(fd)
 
@@ -153,7 +159,9 @@ def read_npz(path: str | os.PathLike[str], what: str) -> dict[str, np.ndarray]:
     try:
         # Open the file ourselves: np.load leaks its handle when the zip is damaged.
         with open(path, "rb") as fh:
-            if not zipfile.is_zipfile(fh):
+            # np.load picks the format from the first bytes: a file that starts like an .npy
+            # and ends like a zip would come back as one array, not as an npz.
+            if fh.read(4) not in (b"PK\x03\x04", b"PK\x05\x06") or not zipfile.is_zipfile(fh):
                 msg = f"{path}: not a readable {what} file (truncated or corrupt: no zip directory)"
                 raise ValueError(msg)
             fh.seek(0)

@@ -30,8 +30,8 @@ def check_int(name: str, value: Any, lo: int, hi: int | None = None) -> int:
         msg = f"{name}: expected an integer, got {type(value).__name__} {value!r}"
         raise TypeError(msg)
     if value < lo or (hi is not None and value > hi):
-        rng = f"[{lo}, {hi}]" if hi is not None else f">= {lo}"
-        msg = f"{name}: expected an integer in {rng}, got {value}"
+        rng = f"in [{lo}, {hi}]" if hi is not None else f">= {lo}"
+        msg = f"{name}: expected an integer {rng}, got {value}"
         raise ValueError(msg)
     return int(value)
 

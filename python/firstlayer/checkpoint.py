@@ -1,33 +1,35 @@
 """Atomic checkpoints of a streaming run, so that a killed run resumes bit-identically.
 
-A checkpoint is one ``.npz`` file (no pickle) holding the :class:`~firstlayer.PatchStats` written
-by its own ``save`` (embedded byte for byte), how many source items were consumed, the files
-skipped so far, and a fingerprint of the source and of the options. It is written to a temporary
-file in the same folder, flushed to disk and moved over the old one with :func:`os.replace`, so
-that a run killed at any instant (SIGKILL included) leaves either the previous checkpoint or the
-new one, never a torn file.
+A checkpoint is one ``.npz`` file (no pickle) holding the arrays of the
+:class:`~firstlayer.PatchStats` (:meth:`~firstlayer.PatchStats.to_arrays`, under ``stats.``),
+how many source items were consumed, the files skipped so far, and a fingerprint of the source
+and of the options. It is written with :func:`firstlayer._io.atomic_write`, so a run killed at any
+instant (SIGKILL included) leaves either the previous checkpoint or the new one, never a torn
+file; the zip's CRCs catch damage. Version 1 files (the statistics embedded as the bytes of their
+own ``.npz``) are still read.
 """
 
 from __future__ import annotations
 
-import contextlib
 import io
 import os
-import tempfile
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ._io import read_npz
+from firstlayer._io import atomic_write, read_npz
+from firstlayer.stats import PatchStats
 
-if TYPE_CHECKING:
-    from .stats import PatchStats
+__all__ = ["Checkpoint", "read_checkpoint", "write_checkpoint"]
 
-__all__ = ["Checkpoint", "write_checkpoint", "read_checkpoint", "atomic_write_bytes"]
-
-CHECKPOINT_VERSION = 1
+#: Version 2 stores the statistics' arrays directly; version 1 stored their ``.npz`` bytes.
+CHECKPOINT_VERSION = 2
+_STATS = "stats."
+_STATS_FORMAT = "firstlayer.PatchStats"
+#: What reading a damaged zip may raise besides ValueError.
+_UNREADABLE = (zipfile.BadZipFile, OSError, EOFError, RuntimeError, NotImplementedError)
 
 
 @dataclass
@@ -52,48 +54,8 @@ class Checkpoint:
     skipped: list[tuple[str, str]] = field(default_factory=list)
 
 
-def _fsync_dir(folder: Path) -> None:
-    if os.name != "posix":
-        return
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def atomic_write_bytes(path: str | os.PathLike[str], payload: bytes) -> None:
-    """Write ``payload`` to ``path`` atomically (temporary file, fsync, rename)."""
-    target = Path(path)
-    folder = target.parent if str(target.parent) else Path(".")
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(payload)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    _fsync_dir(folder)
-
-
-def _stats_bytes(stats: PatchStats, folder: Path) -> bytes:
-    """The bytes ``stats.save`` writes, through a private temporary file."""
-    fd, tmp = tempfile.mkstemp(prefix=".firstlayer-stats.", suffix=".npz", dir=folder)
-    os.close(fd)
-    try:
-        stats.save(tmp)
-        return Path(tmp).read_bytes()
-    finally:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-
-
 def write_checkpoint(path: str | os.PathLike[str], state: Checkpoint) -> None:
-    """Write ``state`` to ``path`` atomically.
+    """Write ``state`` to ``path`` atomically (its folder is created when missing).
 
     Parameters
     ----------
@@ -110,11 +72,10 @@ def write_checkpoint(path: str | os.PathLike[str], state: Checkpoint) -> None:
         "fingerprint": np.array(state.fingerprint),
         "skipped_paths": np.array([p for p, _ in state.skipped], dtype=str),
         "skipped_reasons": np.array([r for _, r in state.skipped], dtype=str),
-        "stats_npz": np.frombuffer(_stats_bytes(state.stats, folder), dtype=np.uint8),
     }
-    buf = io.BytesIO()
-    np.savez(buf, **arrays)  # type: ignore[arg-type]
-    atomic_write_bytes(target, buf.getvalue())
+    arrays.update({_STATS + k: v for k, v in state.stats.to_arrays().items()})
+    with atomic_write(target) as f:
+        np.savez(f, **arrays)  # type: ignore[arg-type]
 
 
 def read_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
@@ -125,11 +86,9 @@ def read_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
     ValueError
         If the file is not a firstlayer checkpoint (or of a newer version).
     """
-    from .stats import PatchStats
-
     target = Path(path)
     f = read_npz(target, "firstlayer checkpoint")
-    need = {"checkpoint_version", "position", "fingerprint", "stats_npz"}
+    need = {"checkpoint_version", "position", "fingerprint"}
     if not need <= set(f):
         raise ValueError(
             f"checkpoint={str(target)!r} is not a firstlayer checkpoint "
@@ -151,18 +110,37 @@ def read_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
                 strict=True,
             )
         )
-        payload = f["stats_npz"].tobytes()
+        if version >= 2:
+            fields = {k[len(_STATS) :]: v for k, v in f.items() if k.startswith(_STATS)}
+            stats = PatchStats.from_arrays(fields, origin=f"checkpoint={str(target)!r}")
+        else:
+            stats = _embedded_stats(f, target)
     except (TypeError, ValueError) as exc:
         if str(target) in str(exc):
             raise
         raise ValueError(f"checkpoint={str(target)!r} cannot be read: {exc}") from exc
-    folder = target.parent if str(target.parent) else Path(".")
-    fd, tmp = tempfile.mkstemp(prefix=".firstlayer-stats.", suffix=".npz", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as out:
-            out.write(payload)
-        stats = PatchStats.load(tmp)
-    finally:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
     return Checkpoint(stats=stats, position=position, fingerprint=fingerprint, skipped=skipped)
+
+
+def _embedded_stats(f: dict[str, np.ndarray], target: Path) -> PatchStats:
+    """The statistics of a version 1 checkpoint: a whole ``PatchStats.save`` file as bytes.
+
+    Read in memory; the bytes are covered by the checkpoint's zip CRC.
+    """
+    where = f"checkpoint={str(target)!r}"
+    if "stats_npz" not in f:
+        raise ValueError(f"{where} is not a firstlayer checkpoint (no statistics)")
+    payload = io.BytesIO(f["stats_npz"].tobytes())
+    try:
+        if not zipfile.is_zipfile(payload):
+            raise ValueError("not an npz file")
+        payload.seek(0)
+        with np.load(payload, allow_pickle=False) as z:
+            inner = {k: z[k] for k in z.files}
+    except (*_UNREADABLE, ValueError) as exc:
+        raise ValueError(f"{where}: its statistics cannot be read ({exc})") from exc
+    version = int(inner.pop("__version__", -1))
+    if str(inner.pop("__format__", "")) != _STATS_FORMAT or version not in (1, 2):
+        raise ValueError(f"{where}: its embedded statistics are not a firstlayer.PatchStats file")
+    inner.pop("__sha256__", None)
+    return PatchStats.from_arrays(inner, version=version, origin=where)

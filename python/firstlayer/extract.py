@@ -22,9 +22,9 @@ import numpy as np
 
 from firstlayer import _core
 from firstlayer._arrays import as_batch, as_numpy, is_torch_tensor
-from firstlayer._validate import check_int as _int
+from firstlayer._validate import MAX_EXTRACT_KERNEL_SIZE, check_int
+from firstlayer.sources import Source, open_source
 
-MAX_KERNEL_SIZE = 64
 _U64_MAX = (1 << 64) - 1
 
 __all__ = ["extract_patches", "iter_patches", "patch_grid"]
@@ -33,13 +33,13 @@ __all__ = ["extract_patches", "iter_patches", "patch_grid"]
 def _seed(seed: Any) -> int:
     if seed is None:
         return secrets.randbits(64)
-    return _int("seed", seed, 0, _U64_MAX)
+    return check_int("seed", seed, 0, _U64_MAX)
 
 
 def _window(kernel_size: Any, stride: Any, padding: Any) -> tuple[int, int, int]:
-    k = _int("kernel_size", kernel_size, 1, MAX_KERNEL_SIZE)
-    s = _int("stride", stride, 1)
-    p = _int("padding", padding, 0, k - 1)
+    k = check_int("kernel_size", kernel_size, 1, MAX_EXTRACT_KERNEL_SIZE)
+    s = check_int("stride", stride, 1)
+    p = check_int("padding", padding, 0, k - 1)
     return k, s, p
 
 
@@ -83,7 +83,7 @@ def _check_out(out: Any, x: np.ndarray, rows: int, p: int) -> np.ndarray:
 
 def extract_patches(
     x: Any,
-    kernel_size: int,
+    kernel_size: int = 3,
     *,
     stride: int = 1,
     padding: int = 0,
@@ -101,7 +101,7 @@ def extract_patches(
         C-contiguous ``uint8``, ``float32`` or ``float64`` batch, ``(N, C, H, W)``,
         ``(N, H, W, C)`` or ``(N, H, W)``; a tensor must be on the CPU.
     kernel_size : int
-        Side ``k`` of the square window, in ``[1, 64]``.
+        Side ``k`` of the square window, in ``[1, 64]`` (default 3).
     stride, padding : int
         Step between windows, and zeros added on each side (``padding < kernel_size``), as in
         ``torch.nn.Conv2d``.
@@ -155,7 +155,7 @@ def extract_patches(
         if seed is not None:
             _seed(seed)  # validated, unused: every position is taken
     else:
-        rows = _int("max_patches", max_patches, 0)
+        rows = check_int("max_patches", max_patches, 0)
         if rows > total:
             msg = (
                 f"max_patches: expected at most the number of patch positions, {total} "
@@ -191,7 +191,7 @@ def extract_patches(
 
 def iter_patches(
     source: Any,
-    kernel_size: int,
+    kernel_size: int = 3,
     *,
     stride: int = 1,
     padding: int = 0,
@@ -238,16 +238,14 @@ def iter_patches(
         ``(rows, C*k*k)``, the dtype of the source's images, a new array each time (the
         generator keeps no reference to it).
     """
-    from firstlayer.sources import Source, open_source
-
     k, s, pad = _window(kernel_size, stride, padding)
-    chunk = _int("batch_patches", batch_patches, 1)
+    chunk = check_int("batch_patches", batch_patches, 1)
     per = (
         None
         if max_patches_per_image is None
-        else _int("max_patches_per_image", max_patches_per_image, 1)
+        else check_int("max_patches_per_image", max_patches_per_image, 1)
     )
-    _int("batch_size", batch_size, 1)
+    check_int("batch_size", batch_size, 1)
     sample_seed = _seed(seed) if per is not None else 0
     opened = not isinstance(source, Source)
     src = open_source(source, layout=layout, **source_options) if opened else source  # type: ignore[arg-type]

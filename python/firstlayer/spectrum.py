@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from firstlayer import _core
-from firstlayer._arrays import as_batch, as_numpy
+from firstlayer._arrays import as_batch, as_numpy, is_torch_tensor
 from firstlayer._io import load_npz, save_npz
 
 _FORMAT = "firstlayer.ImageSpectrum"
@@ -34,7 +34,7 @@ def dft2(x: Any) -> np.ndarray:
     -------
     ndarray of complex128, same shape as ``x``.
     """
-    arr = np.asarray(as_numpy(x) if hasattr(x, "detach") else x)
+    arr = np.asarray(as_numpy(x) if is_torch_tensor(x) else x)
     if arr.ndim < 2:
         msg = f"x: expected at least 2 dimensions (..., H, W), got shape {arr.shape}"
         raise ValueError(msg)

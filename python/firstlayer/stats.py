@@ -7,13 +7,18 @@ moments. For ``uint8`` images the raw moments are exact integers, so a ``PatchSt
 to the last bit however the data was batched, threaded, sharded or merged. Float images are
 accumulated about a shift near their mean (the first image's channel means): raw moments of
 pixels like ``1e4 +- 1e-3`` would lose the covariance to cancellation.
+
+``PatchStats`` is the bottom of that flow: a pure accumulator that knows no source and no
+driver. :func:`firstlayer.patch_stats` (in :mod:`firstlayer.streaming`) feeds it, and
+:meth:`PatchStats.to_arrays` / :meth:`PatchStats.from_arrays` are all that files (its own
+``.npz``, a streaming checkpoint) need of it.
 """
 
 from __future__ import annotations
 
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
@@ -21,11 +26,12 @@ from typing import Any
 import numpy as np
 
 from firstlayer import _core
-from firstlayer._arrays import as_batch, as_labels, is_torch_tensor
-from firstlayer._validate import check_int as _check_int
+from firstlayer._arrays import as_batch, as_labels
 from firstlayer._io import load_npz, save_npz
+from firstlayer._validate import MAX_STATS_KERNEL_SIZE, check_int
 
-MAX_KERNEL_SIZE = 15
+__all__ = ["PCA", "PatchStats"]
+
 #: Upper bounds that keep every size the core computes far from overflow and memory blow-ups.
 MAX_STRIDE = 2**31
 MAX_CLASSES = 2**20
@@ -70,8 +76,9 @@ def _per_channel(name: str, value: Any, channels: int) -> np.ndarray:
 class PatchStats:
     """Count, sum and second moment of all ``C x k x k`` patches of a dataset.
 
-    Build one with :func:`patch_stats`, or stream with :meth:`empty` and :meth:`update`. Patches
-    are flattened in the order ``(c, i, j)``, identical to ``conv.weight.flatten(1)``.
+    Build one with :func:`firstlayer.patch_stats`, or stream with :meth:`empty` and
+    :meth:`update`. Patches are flattened in the order ``(c, i, j)``, identical to
+    ``conv.weight.flatten(1)``.
 
     Attributes
     ----------
@@ -142,10 +149,10 @@ class PatchStats:
         exact: bool = True,
     ) -> PatchStats:
         """Statistics of no patches, to be filled with :meth:`update` or ``+``."""
-        k = _check_int("kernel_size", kernel_size, 1, MAX_KERNEL_SIZE)
-        _check_int("stride", stride, 1, MAX_STRIDE)
-        _check_int("padding", padding, 0, k - 1)
-        _check_int("channels", channels, 1, 2**16)
+        k = check_int("kernel_size", kernel_size, 1, MAX_STATS_KERNEL_SIZE)
+        check_int("stride", stride, 1, MAX_STRIDE)
+        check_int("padding", padding, 0, k - 1)
+        check_int("channels", channels, 1, 2**16)
         p = channels * k * k
         dtype = np.uint64 if exact else np.float64
         return cls(
@@ -178,7 +185,7 @@ class PatchStats:
         labels : array-like of int, optional
             One class per image; adds per-class patch counts and sums.
         layout : {"NCHW", "NHWC"}, optional
-            See :func:`patch_stats` for the rule when omitted.
+            See :func:`firstlayer.patch_stats` for the rule when omitted.
         method : {"auto", "direct", "shifted"}
             The Rust kernel; both give the same result (bit-identical for ``uint8``).
         """
@@ -493,35 +500,56 @@ class PatchStats:
         return out
 
     # -- persistence -----------------------------------------------------------------------
-    def save(self, path: str | os.PathLike[str]) -> None:
-        """Write a versioned, checksummed ``.npz`` (no pickle; exact sums stay ``uint64``)."""
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        """Everything these statistics hold, as named numpy arrays (what :meth:`save` writes).
+
+        Exact sums stay ``uint64``; float moments are stored about ``shift``. The inverse is
+        :meth:`from_arrays`.
+        """
         transform = self.transform or {}
-        save_npz(
-            path,
-            _FORMAT,
-            _VERSION,
-            window=np.array([self.kernel_size, self.stride, self.padding, self.channels]),
-            exact=np.array(self.exact),
-            count=np.array(self.count, dtype=np.uint64),
-            n_images=np.array(self.n_images, dtype=np.uint64),
-            sum=self._sum,
-            second_moment=self._second,
-            class_counts=self._class_counts,
-            class_sums=self._class_sums,
-            transform=np.array(
+        return {
+            "window": np.array([self.kernel_size, self.stride, self.padding, self.channels]),
+            "exact": np.array(self.exact),
+            "count": np.array(self.count, dtype=np.uint64),
+            "n_images": np.array(self.n_images, dtype=np.uint64),
+            "sum": self._sum,
+            "second_moment": self._second,
+            "class_counts": self._class_counts,
+            "class_sums": self._class_sums,
+            "transform": np.array(
                 [transform.get("scale", np.nan)]
                 + list(transform.get("mean", []))
                 + list(transform.get("std", []))
             ),
-            skipped=np.array(self.skipped, dtype=str),
-            shift=self._shift,
-        )
+            "skipped": np.array(self.skipped, dtype=str),
+            "shift": self._shift,
+        }
 
     @classmethod
-    def load(cls, path: str | os.PathLike[str]) -> PatchStats:
-        """Read statistics written by :meth:`save`; damaged or foreign files raise ValueError."""
-        z = load_npz(path, _FORMAT, (1, _VERSION))
-        k, stride, padding, channels = _validated(z, path)
+    def from_arrays(
+        cls,
+        arrays: Mapping[str, np.ndarray],
+        *,
+        version: int = _VERSION,
+        origin: str | os.PathLike[str] | None = None,
+    ) -> PatchStats:
+        """Statistics from the arrays of :meth:`to_arrays`, checked field by field.
+
+        Parameters
+        ----------
+        arrays : mapping of str to numpy.ndarray
+        version : int
+            The format version the arrays follow; version 1 has no ``shift`` (raw moments).
+        origin : str or path-like, optional
+            The file the arrays were read from, named in error messages.
+
+        Raises
+        ------
+        ValueError
+            If a field is missing or has the wrong shape, dtype or value.
+        """
+        z = dict(arrays)
+        k, stride, padding, channels = _validated(z, origin, version)
         t = z["transform"]
         transform = None
         if len(t) > 1:
@@ -543,9 +571,20 @@ class PatchStats:
             class_counts=z["class_counts"],
             class_sums=z["class_sums"],
             transform=transform,
-            skipped=z["skipped"].tolist(),
+            skipped=[str(v) for v in z["skipped"].tolist()],
             shift=z.get("shift"),  # absent in version 1: raw moments
         )
+
+    def save(self, path: str | os.PathLike[str]) -> None:
+        """Write a versioned, checksummed ``.npz`` (no pickle; exact sums stay ``uint64``)."""
+        save_npz(path, _FORMAT, _VERSION, **self.to_arrays())
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> PatchStats:
+        """Read statistics written by :meth:`save`; damaged or foreign files raise ValueError."""
+        z = load_npz(path, _FORMAT, (1, _VERSION))
+        version = int(z.pop("__version__"))
+        return cls.from_arrays(z, version=version, origin=path)
 
     # -- comparison and display ------------------------------------------------------------
     def __eq__(self, other: object) -> bool:
@@ -593,11 +632,15 @@ _FIELDS = {
 }
 
 
-def _validated(z: dict[str, np.ndarray], path: Any) -> tuple[int, int, int, int]:
-    """Check the fields of a loaded stats file (its checksum only proves it is unchanged)."""
+def _validated(
+    z: dict[str, np.ndarray], origin: str | os.PathLike[str] | None, version: int
+) -> tuple[int, int, int, int]:
+    """Check the fields of stored statistics (a file's checksum only proves it is unchanged)."""
 
     def bad(why: str) -> ValueError:
-        return ValueError(f"{path}: not a valid firstlayer.PatchStats file ({why})")
+        if origin is None:
+            return ValueError(f"arrays: not valid firstlayer.PatchStats arrays ({why})")
+        return ValueError(f"{origin}: not a valid firstlayer.PatchStats file ({why})")
 
     missing = sorted(set(_FIELDS) - set(z))
     if missing:
@@ -605,11 +648,12 @@ def _validated(z: dict[str, np.ndarray], path: Any) -> tuple[int, int, int, int]
     for key, shape in _FIELDS.items():
         if shape is not None and z[key].shape != shape:
             raise bad(f"field {key!r} has shape {z[key].shape}, expected {shape}")
-    if not np.issubdtype(z["window"].dtype, np.integer):
-        raise bad(f"field 'window' has dtype {z['window'].dtype}")
+    for key, kinds in (("window", "iu"), ("exact", "b"), ("count", "iu"), ("n_images", "iu")):
+        if z[key].dtype.kind not in kinds:
+            raise bad(f"field {key!r} has dtype {z[key].dtype}")
     k, stride, padding, channels = (int(v) for v in z["window"])
     if not (
-        1 <= k <= MAX_KERNEL_SIZE
+        1 <= k <= MAX_STATS_KERNEL_SIZE
         and 1 <= stride <= MAX_STRIDE
         and 0 <= padding < k
         and 1 <= channels <= 2**16
@@ -617,19 +661,24 @@ def _validated(z: dict[str, np.ndarray], path: Any) -> tuple[int, int, int, int]
         raise bad(f"window (kernel_size, stride, padding, channels) = {z['window'].tolist()}")
     p = channels * k * k
     want = np.uint64 if bool(z["exact"]) else np.float64
-    for key, shape in (("sum", (p,)), ("second_moment", (p, p))):
-        if z[key].shape != shape or z[key].dtype != want:
-            raise bad(f"field {key!r} is {z[key].dtype}{z[key].shape}, expected {shape}")
+    for key, dims in (("sum", (p,)), ("second_moment", (p, p))):
+        if z[key].shape != dims or z[key].dtype != want:
+            raise bad(f"field {key!r} is {z[key].dtype}{z[key].shape}, expected {dims}")
     n_classes = len(z["class_counts"])
     if z["class_sums"].shape != (n_classes, p):
         raise bad(f"field 'class_sums' has shape {z['class_sums'].shape}")
-    if int(z["__version__"]) >= 2:
+    t = z["transform"]
+    if t.ndim != 1 or t.dtype.kind != "f" or len(t) not in (1, 1 + 2 * channels):
+        raise bad(f"field 'transform' is {t.dtype}{t.shape}, expected 1 or {1 + 2 * channels}")
+    if version >= 2:
         shift = z.get("shift")
         if shift is None or shift.shape != (p,) or shift.dtype != np.float64:
             got = "missing" if shift is None else f"{shift.dtype}{shift.shape}"
             raise bad(f"field 'shift' is {got}, expected float64 ({p},)")
         if not np.all(np.isfinite(shift)) or (bool(z["exact"]) and shift.any()):
             raise bad("field 'shift' must be finite, and zero for exact statistics")
+    else:
+        z.pop("shift", None)  # version 1 had none: raw moments
     return k, stride, padding, channels
 
 
@@ -652,78 +701,3 @@ def _add(a: np.ndarray, b: np.ndarray, what: str) -> np.ndarray:
         msg = f"{what}: the exact uint64 accumulator would overflow; split the dataset"
         raise OverflowError(msg)
     return a + b
-
-
-def patch_stats(
-    x: Any,
-    kernel_size: int = 3,
-    *,
-    stride: int = 1,
-    padding: int = 0,
-    layout: str | None = None,
-    labels: Any = None,
-    method: str = "auto",
-    **source_options: Any,
-) -> PatchStats:
-    """Exact second-order statistics of every ``C x k x k`` patch of a dataset.
-
-    Parameters
-    ----------
-    x : ndarray, torch.Tensor, dataset, path or name
-        An in-memory batch ``(N, C, H, W)``, ``(N, H, W, C)`` or ``(N, H, W)`` of ``uint8``
-        (exact integer statistics) or ``float32``/``float64`` (``f64`` accumulation), read in
-        place. Anything else (a torch dataset or loader, an image folder, a ``.npy`` file, a
-        dataset name such as ``"sample"``) is streamed by :mod:`firstlayer.sources`.
-    kernel_size : int
-        Patch side ``k``, 1 to 15.
-    stride, padding : int
-        Window stride (>= 1) and zero padding (0: valid positions only, as the paper).
-    layout : {"NCHW", "NHWC"}, optional
-        When omitted: torch tensors are NCHW; for numpy arrays the channel axis is axis 1 or 3,
-        whichever has size 1, 3 or 4 while the other does not; otherwise pass it explicitly.
-    labels : array-like of int, optional
-        One class per image, for per-class counts and mean patches.
-    method : {"auto", "direct", "shifted"}
-        Kernel choice; "auto" picks the faster. All give the same result.
-    **source_options
-        Options of streamed sources (see :func:`firstlayer.sources.stream_stats`).
-
-    Returns
-    -------
-    PatchStats
-
-    Examples
-    --------
-    >>> import numpy as np, firstlayer
-    >>> x = np.random.default_rng(0).integers(0, 256, (10, 3, 32, 32), dtype=np.uint8)
-    >>> firstlayer.patch_stats(x, kernel_size=3).count
-    9000
-    """
-    k = _check_int("kernel_size", kernel_size, 1, MAX_KERNEL_SIZE)
-    _check_int("stride", stride, 1, MAX_STRIDE)
-    _check_int("padding", padding, 0, k - 1)
-    if isinstance(x, np.ndarray) or is_torch_tensor(x):
-        if source_options:
-            msg = f"unexpected options for an in-memory array: {sorted(source_options)}"
-            raise TypeError(msg)
-        arr, lay = as_batch(x, layout)
-        stats = PatchStats.empty(
-            k,
-            arr.shape[1] if lay == "NCHW" else arr.shape[3],
-            stride=stride,
-            padding=padding,
-            exact=arr.dtype == np.uint8,
-        )
-        return stats.update(arr, labels, layout=lay, method=method)
-    from firstlayer import sources
-
-    return sources.stream_stats(
-        x,
-        kernel_size=k,
-        stride=stride,
-        padding=padding,
-        layout=layout,
-        labels=labels,
-        method=method,
-        **source_options,
-    )

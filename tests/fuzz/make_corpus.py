@@ -6,7 +6,8 @@ relative to the working directory: a reader that executed one would create it.
 
 Names start with the reader they target:
 
-* ``pickle-*``: CIFAR python batches for :func:`firstlayer.cifar_reader.read_cifar_batch`
+* ``pickle-*``: CIFAR python batches for
+  :func:`firstlayer.sources.cifar_pickle.read_cifar_batch`
   (``pickle-ok-*`` are valid seeds, every other one must raise ``UnsafePickleError`` or
   ``ValueError``);
 * ``torch-*``: checkpoints for :func:`firstlayer.first_layer` (must raise ``ValueError``);

@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 
 from firstlayer import PatchStats, _core
 from firstlayer.checkpoint import Checkpoint, read_checkpoint, write_checkpoint
-from firstlayer.cifar_reader import load_restricted_pickle, read_cifar_batch
+from firstlayer.sources.cifar_pickle import load_restricted_pickle, read_cifar_batch
 
 EXAMPLES = int(os.environ.get("FIRSTLAYER_FUZZ_EXAMPLES", "1000"))
 

@@ -20,12 +20,9 @@ from typing import Any
 
 import numpy as np
 
-__all__ = [
-    "UnsafePickleError",
-    "CifarBatch",
-    "read_cifar_batch",
-    "load_restricted_pickle",
-]
+from firstlayer.exceptions import UnsafePickleError
+
+__all__ = ["CifarBatch", "load_restricted_pickle", "read_cifar_batch", "read_meta"]
 
 #: numpy's own ``ndarray.__reduce__`` recipes, under the module names of numpy 1.x and 2.x.
 _RECONSTRUCT = {"numpy.core.multiarray._reconstruct", "numpy._core.multiarray._reconstruct"}
@@ -36,21 +33,6 @@ _CODECS_ENCODE = "_codecs.encode"
 _ALLOWED = _RECONSTRUCT | _FROMBUFFER | {_NDARRAY, _DTYPE, _CODECS_ENCODE}
 #: numeric dtypes an array in the file may have (no objects, no structured or string types).
 _ALLOWED_DTYPE_KINDS = "biuf"
-
-
-class UnsafePickleError(ValueError):
-    """A pickle that asks for anything beyond plain data and numpy arrays.
-
-    Raised instead of executing the file. ``path`` names the file (when known), ``offset`` the
-    byte offset of the offending opcode.
-    """
-
-    def __init__(self, message: str, path: str | None = None, offset: int | None = None) -> None:
-        where = f"{path}: " if path else ""
-        at = f" (at byte {offset})" if offset is not None else ""
-        super().__init__(f"{where}{message}{at}; refusing to unpickle it")
-        self.path = path
-        self.offset = offset
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,7 @@
 
 Same data for both: the energy profile of a real pretrained first layer in the PCA basis of exact
 CIFAR-10 patches (ImageNet-normalised, as the network sees its input), and the paper's step size
-``a_i = 1e-7 * S_i^2 / (2 * num_images)``. Writes ``bench-results/theory_fit.json``.
+``a_i = 1e-7 * S_i^2 / (2 * n_images)``. Writes ``bench-results/theory_fit.json``.
 
 Run: ``python benches/bench_theory_fit.py [--repeat 7]`` (data from ``$FIRSTLAYER_DATA`` or
 ``../shared/data``).
@@ -21,17 +21,12 @@ from pathlib import Path
 import numpy as np
 
 import firstlayer
+from _cifar import data_dir
+from firstlayer.constants import IMAGENET_MEAN, IMAGENET_STD
 from firstlayer.profile import energy_profile
 from firstlayer.theory import fit, paper_fit_loop
 
 ROOT = Path(__file__).resolve().parents[1]
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-def _data_dir() -> Path:
-    env = os.environ.get("FIRSTLAYER_DATA")
-    return Path(env) if env else ROOT.parent / "shared" / "data"
 
 
 def _timed(fn, repeat: int) -> tuple[float, object]:
@@ -52,7 +47,7 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=ROOT / "bench-results" / "theory_fit.json")
     args = parser.parse_args()
 
-    data = _data_dir()
+    data = data_dir()
     with np.load(data / "cifar10_exact_subset.npz", allow_pickle=False) as d:
         images = d["data"].reshape(-1, 3, 32, 32)
     with np.load(data / "pretrained_first_layers.npz", allow_pickle=False) as d:

@@ -64,7 +64,7 @@ def bench_cpu(args: argparse.Namespace) -> dict[str, object]:
     runs = {}
     for mode in ("true", "random"):
         res = train(
-            out=out / mode, arch=args.arch, dataset=str(train_npz), test_dataset=str(test_npz),
+            out_dir=out / mode, arch=args.arch, dataset=str(train_npz), test_dataset=str(test_npz),
             labels=mode, epochs=args.epochs, seed=args.seed, threads=args.threads,
             overwrite=True, lr=args.lr, batch_size=args.batch_size,
         )  # fmt: skip
@@ -154,13 +154,14 @@ def _paper_epochs(npz: Path, epochs: int, seed: int) -> list[float]:
     import torch
     import torchvision.transforms as T
 
+    from firstlayer.constants import CIFAR10_MEAN, CIFAR10_STD
     from firstlayer.train import build_model
 
     torch.manual_seed(seed)
     with np.load(npz) as f:
         ds = _PaperCIFAR(f["images"], f["labels"], T.Compose([
             T.ToTensor(),
-            T.Normalize(mean=(0.4914, 0.4822, 0.4465), std=(0.2471, 0.2435, 0.2616)),
+            T.Normalize(mean=CIFAR10_MEAN, std=CIFAR10_STD),
         ]))  # fmt: skip
     loader = torch.utils.data.DataLoader(
         ds, batch_size=256, shuffle=True, drop_last=True, num_workers=3
@@ -199,7 +200,7 @@ def bench_gpu(args: argparse.Namespace) -> dict[str, object]:
     result["paper_loop_epoch_seconds"] = paper
     for name, opts in (("firstlayer_fp32", {"amp": "none"}), ("firstlayer_bf16", {"amp": "bf16"})):
         res = train(
-            out=out / name, arch="vgg11_bn", dataset=str(npz), test_dataset="none",
+            out_dir=out / name, arch="vgg11_bn", dataset=str(npz), test_dataset="none",
             epochs=args.epochs, seed=args.seed, overwrite=True, deterministic=False,
             snapshots=0, **opts,
         )  # fmt: skip

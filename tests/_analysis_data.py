@@ -1,33 +1,28 @@
 """Helpers for the filter-bank analysis tests: the real data, and an independent numpy patch PCA.
 
-Data is found through ``$FIRSTLAYER_DATA`` or ``../shared/data`` next to the repository; tests that
-need a missing file are skipped.
+Data files are found where firstlayer finds data (:func:`firstlayer._paths.data_roots`:
+``$FIRSTLAYER_DATA``, ``~/.cache/firstlayer``, then ``../shared/data`` next to the repository);
+tests that need a missing file are skipped.
 """
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-# torchvision's ImageNet normalisation and the CIFAR-10 one used by the paper's notebooks.
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
-CIFAR_STD = (0.2471, 0.2435, 0.2616)
+from firstlayer._paths import data_roots
 
 
 def data_file(name: str) -> Path:
-    """A file of the shared data folder; skip the test when it is absent."""
-    env = os.environ.get("FIRSTLAYER_DATA")
-    root = Path(env) if env else Path(__file__).resolve().parents[1].parent / "shared" / "data"
-    path = root / name
-    if not path.is_file():
-        pytest.skip(f"{name} not found in {root} (set FIRSTLAYER_DATA)")
-    return path
+    """A file of the data folders; skip the test when it is absent."""
+    roots = data_roots()
+    for root in roots:
+        if (root / name).is_file():
+            return root / name
+    pytest.skip(f"{name} not found in {', '.join(map(str, roots))} (set FIRSTLAYER_DATA)")
 
 
 def cifar_images(n: int | None = None) -> tuple[np.ndarray, np.ndarray]:

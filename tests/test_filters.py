@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 import firstlayer
-from _analysis_data import IMAGENET_MEAN, IMAGENET_STD, cifar_images, data_file, pretrained
+from _analysis_data import cifar_images, data_file, pretrained
+from firstlayer.constants import IMAGENET_MEAN, IMAGENET_STD
 from firstlayer.filters import first_layer
 from firstlayer.whitening import init_first_layer, whitening_filters
 

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 import firstlayer
-from _analysis_data import IMAGENET_MEAN, IMAGENET_STD, cifar_images, pretrained, ref_stats
+from _analysis_data import cifar_images, pretrained, ref_stats
+from firstlayer.constants import IMAGENET_MEAN, IMAGENET_STD
 from firstlayer.profile import (
     correlation_matrix,
     dft_profile,

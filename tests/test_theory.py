@@ -8,24 +8,17 @@ import numpy as np
 import pytest
 
 import firstlayer
-from _analysis_data import (
-    CIFAR_MEAN,
-    CIFAR_STD,
-    IMAGENET_MEAN,
-    IMAGENET_STD,
-    cifar_images,
-    pretrained,
-    ref_patches,
-)
+from _analysis_data import cifar_images, pretrained, ref_patches
+from firstlayer.constants import CIFAR10_MEAN, CIFAR10_STD, IMAGENET_MEAN, IMAGENET_STD
 from firstlayer.profile import energy_profile, profile_correlation
 from firstlayer.theory import (
-    _mosaics,
     fit,
     label_patch_correlation,
     linear_profile,
     paper_fit_loop,
     simulate_linear_cnn,
 )
+from firstlayer.theory.simulate import _mosaics
 
 EV = 1.0 / np.arange(1, 28) ** 2  # a natural-image-like spectrum, lambda_i^2 ~ 1 / i^2
 
@@ -230,9 +223,10 @@ def test_simulation_on_whole_images_runs(cifar, one_thread):
 
 def test_label_correlation_from_stats_matches_per_patch_pearson(cifar):
     images, labels = cifar[0][:150], cifar[1][:150]  # the reference holds every patch in memory
-    stats = firstlayer.patch_stats(images, 3, labels=labels).normalized(CIFAR_MEAN, CIFAR_STD)
+    stats = firstlayer.patch_stats(images, 3, labels=labels).normalized(CIFAR10_MEAN, CIFAR10_STD)
     got = label_patch_correlation(stats)
-    xf = (images / 255.0 - np.array(CIFAR_MEAN)[:, None, None]) / np.array(CIFAR_STD)[:, None, None]
+    mu, sd = np.array(CIFAR10_MEAN)[:, None, None], np.array(CIFAR10_STD)[:, None, None]
+    xf = (images / 255.0 - mu) / sd
     coef = ref_patches(xf, 3) @ stats.pca().components
     patch_label = np.repeat(labels, 900)
     for row, c in enumerate(got.classes[:3]):

@@ -20,15 +20,14 @@ import pytest
 torch = pytest.importorskip("torch")
 
 import firstlayer  # noqa: E402
+from firstlayer.cli.train import add_train_arguments, train_from_args  # noqa: E402
 from firstlayer.train import (  # noqa: E402
     ARCHITECTURES,
     TrainConfig,
-    add_train_arguments,
     build_model,
     first_conv,
     make_labels,
     train,
-    train_from_args,
 )
 from firstlayer.train.runs import RunDir  # noqa: E402
 
@@ -72,7 +71,7 @@ def _strip_times(records: list[dict[str, object]]) -> list[dict[str, object]]:
 
 def test_run_writes_every_file(tmp_path: Path) -> None:
     out = tmp_path / "run"
-    res = train(out=out, labels="random", snapshots=(0, 3, 7, 12), checkpoint_every=4, **TINY)
+    res = train(out_dir=out, labels="random", snapshots=(0, 3, 7, 12), checkpoint_every=4, **TINY)
     for name in ("config.json", "first_layer_init.npy", "first_layer_final.npy", "metrics.jsonl",
                  "checkpoint.pt", "model_final.pt", "result.json", "labels_train.npy",
                  "labels_true.npy"):  # fmt: skip
@@ -110,15 +109,16 @@ def test_run_writes_every_file(tmp_path: Path) -> None:
 
 def test_existing_run_is_not_overwritten(tmp_path: Path) -> None:
     out = tmp_path / "run"
-    train(out=out, **{**TINY, "epochs": 1, "subset": 32, "test_dataset": "none"})
+    kw = {**TINY, "epochs": 1, "subset": 32, "test_dataset": "none"}
+    train(out_dir=out, **kw)
     with pytest.raises(FileExistsError, match="resume=True"):
-        train(out=out, **{**TINY, "epochs": 1, "subset": 32, "test_dataset": "none"})
+        train(out_dir=out, **kw)
     # Resuming a complete run returns it without training again.
-    res = train(out=out, resume=True, **{**TINY, "epochs": 1, "subset": 32, "test_dataset": "none"})
+    res = train(out_dir=out, resume=True, **kw)
     assert len(res.metrics) == 1
     with pytest.raises(ValueError, match="lr: stored 0.01, now 0.1"):
-        train(out=out, resume=True, lr=0.1, **{**TINY, "epochs": 1, "subset": 32})
-    train(out=out, overwrite=True, **{**TINY, "epochs": 1, "subset": 32, "test_dataset": "none"})
+        train(out_dir=out, resume=True, lr=0.1, **{**TINY, "epochs": 1, "subset": 32})
+    train(out_dir=out, overwrite=True, **kw)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -143,8 +143,8 @@ def test_random_labels_are_reproducible_from_the_seed(tmp_path: Path) -> None:
 
     # The run stores the labels it used, and they follow from label_seed alone.
     kw = {**TINY, "epochs": 1, "subset": 64, "test_dataset": "none", "label_seed": 11}
-    train(out=tmp_path / "a", labels="random", seed=1, **kw)
-    train(out=tmp_path / "b", labels="random", seed=2, **kw)
+    train(out_dir=tmp_path / "a", labels="random", seed=1, **kw)
+    train(out_dir=tmp_path / "b", labels="random", seed=2, **kw)
     la = np.load(tmp_path / "a" / "labels_train.npy")
     lb = np.load(tmp_path / "b" / "labels_train.npy")
     true = np.load(tmp_path / "a" / "labels_true.npy")
@@ -198,7 +198,7 @@ _RESUME_KW = {**TINY, "epochs": 2, "labels": "random", "augment": True, "momentu
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("ref") / "run"
-    train(out=out, **_RESUME_KW)
+    train(out_dir=out, **_RESUME_KW)
     return out
 
 
@@ -213,7 +213,7 @@ def test_resume_after_sigkill_gives_identical_weights(
     script = tmp_path / "killer.py"
     script.write_text(_KILLER)
     proc = subprocess.run(
-        [sys.executable, str(script), json.dumps({**kw, "out": str(killed)}), "3", mode],
+        [sys.executable, str(script), json.dumps({**kw, "out_dir": str(killed)}), "3", mode],
         env=_env(), capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert proc.returncode == -9, proc.stderr
@@ -224,7 +224,7 @@ def test_resume_after_sigkill_gives_identical_weights(
     # Resume in a fresh process, as a user would.
     code = "import json,sys; from firstlayer.train import train; train(**json.loads(sys.argv[1]))"
     proc = subprocess.run(
-        [sys.executable, "-c", code, json.dumps({**kw, "out": str(killed), "resume": True})],
+        [sys.executable, "-c", code, json.dumps({**kw, "out_dir": str(killed), "resume": True})],
         env=_env(), capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
@@ -251,13 +251,13 @@ def test_ddp_two_gloo_processes_match_one_process(tmp_path: Path) -> None:
         pytest.skip("torch.distributed is not available")
     kw = {**TINY, "arch": "linear_cnn", "width": 0.25, "subset": 128, "batch_size": 32,
           "epochs": 1, "lr": 0.05, "augment": True}  # fmt: skip
-    single = train(out=tmp_path / "single", **kw)
+    single = train(out_dir=tmp_path / "single", **kw)
     code = "import json,sys; from firstlayer.train import train; train(**json.loads(sys.argv[1]))"
     script = tmp_path / "ddp.py"
     script.write_text(code)
     proc = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-         str(script), json.dumps({**kw, "out": str(tmp_path / "ddp")})],
+         str(script), json.dumps({**kw, "out_dir": str(tmp_path / "ddp")})],
         env=_env(), capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -283,7 +283,7 @@ def test_frozen_whitening_first_layer(tmp_path: Path) -> None:
 
     kw = {**TINY, "epochs": 1, "first_width": 27, "freeze_first": "whitening",
           "whitening_eps": 1e-7, "test_dataset": "none", "subset": 200}  # fmt: skip
-    res = train(out=tmp_path / "w", **kw)
+    res = train(out_dir=tmp_path / "w", **kw)
     np.testing.assert_array_equal(res.first_layer_init, res.first_layer_final)
     w = res.first_layer_init.reshape(27, 27).astype(np.float64)
     from firstlayer.sources import load_sample
@@ -294,7 +294,7 @@ def test_frozen_whitening_first_layer(tmp_path: Path) -> None:
     cov = stats.normalized(d["mean"], d["std"]).covariance
     np.testing.assert_allclose(w @ cov @ w.T, np.eye(27), atol=1e-2)  # responses are white
     # Random frozen filters stay at their initialisation, and the rest of the network learns.
-    res = train(out=tmp_path / "r", **{**kw, "freeze_first": "random"})
+    res = train(out_dir=tmp_path / "r", **{**kw, "freeze_first": "random"})
     np.testing.assert_array_equal(res.first_layer_init, res.first_layer_final)
     assert res.metrics[0]["train_loss"] > 0
 
@@ -328,12 +328,12 @@ def test_torchvision_model_by_name() -> None:
 
 
 def test_bf16_autocast_and_options_run_on_cpu(tmp_path: Path) -> None:
-    res = train(out=tmp_path / "bf16", amp="bf16", schedule="cosine", weight_decay=5e-4,
+    res = train(out_dir=tmp_path / "bf16", amp="bf16", schedule="cosine", weight_decay=5e-4,
                 momentum=0.9, nesterov=True, augment=True, loss="mse",
                 **{**TINY, "epochs": 1, "arch": "vgg11_bn", "width": 0.125})  # fmt: skip
     assert np.isfinite(res.metrics[0]["train_loss"])
     assert res.metrics[0]["lr"] < 0.01  # cosine decays
-    res = train(out=tmp_path / "step", schedule="step", milestones=(1,), gamma=0.5,
+    res = train(out_dir=tmp_path / "step", schedule="step", milestones=(1,), gamma=0.5,
                 channels_last=False, **{**TINY, "arch": "resnet20", "width": 0.25})  # fmt: skip
     assert [r["lr"] for r in res.metrics] == [0.01, 0.005]
 
@@ -367,18 +367,18 @@ def test_bad_configs_fail_before_training(
 ) -> None:
     out = tmp_path / "bad"
     with pytest.raises(error, match=match):
-        train(out=out, **{**TINY, "subset": 100, **kwargs})
+        train(out_dir=out, **{**TINY, "subset": 100, **kwargs})
     assert not (out / "metrics.jsonl").exists()
     assert not (out / "config.json").exists()
 
 
 def test_missing_dataset_names_the_paths(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from firstlayer.sources import DatasetNotFoundError
+    from firstlayer.exceptions import DatasetNotFoundError
 
     monkeypatch.setenv("FIRSTLAYER_DATA", str(tmp_path / "nothing"))
     monkeypatch.setenv("HOME", str(tmp_path))
     with pytest.raises(DatasetNotFoundError, match="cifar-10-batches-py"):
-        train(out=tmp_path / "x", dataset="cifar10", download=False, quiet=True)
+        train(out_dir=tmp_path / "x", dataset="cifar10", download=False, quiet=True)
     assert not (tmp_path / "x" / "config.json").exists()
 
 
@@ -393,7 +393,7 @@ def test_train_on_an_npz_file_and_image_folder(tmp_path: Path) -> None:
     x, y, _ = load_sample("train")
     np.savez(tmp_path / "d.npz", images=x[:64], labels=y[:64])
     kw = {**TINY, "subset": None, "epochs": 1, "test_dataset": "none"}
-    res = train(out=tmp_path / "npz", **{**kw, "dataset": str(tmp_path / "d.npz")})
+    res = train(out_dir=tmp_path / "npz", **{**kw, "dataset": str(tmp_path / "d.npz")})
     assert res.config["derived"]["n_train"] == 64
     from PIL import Image
 
@@ -402,14 +402,14 @@ def test_train_on_an_npz_file_and_image_folder(tmp_path: Path) -> None:
         sub.mkdir(parents=True, exist_ok=True)
         Image.fromarray(x[i].transpose(1, 2, 0)).save(sub / f"{i}.png")
     kw = {**TINY, "subset": None, "epochs": 1, "test_dataset": "none"}
-    res = train(out=tmp_path / "png", **{**kw, "dataset": str(tmp_path / "folder")})
+    res = train(out_dir=tmp_path / "png", **{**kw, "dataset": str(tmp_path / "folder")})
     assert res.config["derived"]["n_classes"] == 2
 
 
 def test_cli_options_match_the_keyword_arguments(tmp_path: Path) -> None:
     parser = add_train_arguments(argparse.ArgumentParser())
     defaults = parser.parse_args(["--out", "x"])
-    cfg = TrainConfig(out="x")
+    cfg = TrainConfig(out_dir="x")
     assert set(vars(defaults)) == set(TrainConfig.names())
     for name in TrainConfig.names():
         assert getattr(defaults, name) == getattr(cfg, name), name
@@ -431,17 +431,17 @@ def test_cli_options_match_the_keyword_arguments(tmp_path: Path) -> None:
 def test_package_is_callable_as_train(tmp_path: Path) -> None:
     import firstlayer.train as ft
 
-    res = ft(out=tmp_path / "c", **{**TINY, "epochs": 1, "subset": 32, "test_dataset": "none"})
+    res = ft(out_dir=tmp_path / "c", **{**TINY, "epochs": 1, "subset": 32, "test_dataset": "none"})
     assert res.config["options"]["epochs"] == 1
 
 
 def test_progress_lines_and_json_log(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     kw = {**TINY, "epochs": 2, "subset": 32, "test_dataset": "none", "quiet": False}
-    train(out=tmp_path / "a", **kw)
+    train(out_dir=tmp_path / "a", **kw)
     lines = capsys.readouterr().out.splitlines()
     assert len(lines) == 3 and lines[1].startswith("epoch 1/2") and lines[2].startswith("epoch 2/2")
-    train(out=tmp_path / "b", log_json=True, **kw)
+    train(out_dir=tmp_path / "b", log_json=True, **kw)
     recs = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [r["epoch"] for r in recs] == [1, 2]
-    train(out=tmp_path / "c", **{**kw, "quiet": True})
+    train(out_dir=tmp_path / "c", **{**kw, "quiet": True})
     assert capsys.readouterr().out == ""

@@ -20,7 +20,9 @@ from typing import Any
 
 import numpy as np
 
-from ._io import read_npz
+from firstlayer._arrays import is_torch_tensor
+from firstlayer._io import read_npz
+from firstlayer.profile import _host_array
 
 __all__ = ["FirstLayer", "first_layer"]
 
@@ -55,7 +57,8 @@ class FirstLayer:
     Attributes
     ----------
     weight : numpy.ndarray
-        (F, C, kh, kw) float32 (float64 if stored so) copy of the weights, patch order (c, i, j).
+        (F, C, kh, kw) copy of the weights in their stored precision (float32, or float64 if
+        stored so; half precision is widened to float64, exactly), patch order (c, i, j).
     name : str
         Module path (``"conv1"``) for a module, the tensor key (``"conv1.weight"``) otherwise.
     bias : numpy.ndarray or None
@@ -87,15 +90,9 @@ class FirstLayer:
         return int(self.weight.shape[1])
 
 
-def _tensor_to_numpy(t: Any) -> np.ndarray:
-    t = t.detach().cpu()
-    if str(t.dtype) in ("torch.float16", "torch.bfloat16"):
-        t = t.float()
-    return np.array(t.numpy(), copy=True)
-
-
-def _is_tensor(x: Any) -> bool:
-    return hasattr(x, "detach") and hasattr(x, "ndim") and hasattr(x, "dtype")
+def _tensor_copy(t: Any, name: str) -> np.ndarray:
+    """A numpy copy of a tensor on any device; half precision comes back as float64 (exact)."""
+    return _host_array(t, name).copy()
 
 
 def _is_module(x: Any) -> bool:
@@ -156,8 +153,8 @@ def first_layer(
     >>> first_layer(torchvision.models.resnet18()).name  # doctest: +SKIP
     'conv1'
     """
-    if isinstance(obj, np.ndarray) or _is_tensor(obj):
-        w = _tensor_to_numpy(obj) if _is_tensor(obj) else np.array(obj, copy=True)
+    if isinstance(obj, np.ndarray) or is_torch_tensor(obj):
+        w = _tensor_copy(obj, "obj") if is_torch_tensor(obj) else np.array(obj, copy=True)
         _check_bank(w, "obj")
         return FirstLayer(weight=w, name=name or "weight")
     if isinstance(obj, (str, os.PathLike)):
@@ -207,7 +204,7 @@ class _FoundFirstConv(Exception):
 
 
 def _layer_from_conv(module: Any, path: str) -> FirstLayer:
-    w = _tensor_to_numpy(module.weight)
+    w = _tensor_copy(module.weight, f"module {path!r} weight")
     _check_bank(w, f"module {path!r} weight")
     bias = getattr(module, "bias", None)
     stride = tuple(getattr(module, "stride", ())) or None
@@ -218,7 +215,7 @@ def _layer_from_conv(module: Any, path: str) -> FirstLayer:
     return FirstLayer(
         weight=w,
         name=path,
-        bias=None if bias is None else _tensor_to_numpy(bias),
+        bias=None if bias is None else _tensor_copy(bias, f"module {path!r} bias"),
         stride=stride,
         padding=padding,
         kind=kind,
@@ -331,7 +328,7 @@ def _unwrap_state_dict(sd: Mapping[str, Any]) -> dict[str, Any]:
     """Follow nested checkpoint keys and strip wrapper prefixes shared by every key."""
     tensors: dict[str, Any] = {}
     for _ in range(4):  # checkpoints nest at most a couple of levels
-        tensors = {k: v for k, v in sd.items() if _is_tensor(v) or isinstance(v, np.ndarray)}
+        tensors = {k: v for k, v in sd.items() if is_torch_tensor(v) or isinstance(v, np.ndarray)}
         if tensors:
             break
         nested = next((sd[k] for k in _NESTED_KEYS if isinstance(sd.get(k), Mapping)), None)
@@ -358,8 +355,8 @@ def _unwrap_state_dict(sd: Mapping[str, Any]) -> dict[str, Any]:
     return tensors
 
 
-def _as_array(v: Any) -> np.ndarray:
-    return _tensor_to_numpy(v) if _is_tensor(v) else np.asarray(v)
+def _as_array(v: Any, key: str) -> np.ndarray:
+    return _tensor_copy(v, key) if is_torch_tensor(v) else np.asarray(v)
 
 
 def _from_state_dict(sd: Mapping[str, Any], *, name: str | None) -> FirstLayer:
@@ -367,7 +364,7 @@ def _from_state_dict(sd: Mapping[str, Any], *, name: str | None) -> FirstLayer:
     if name is not None:
         for key in (name, f"{name}.weight"):
             if key in tensors:
-                w = _as_array(tensors[key])
+                w = _as_array(tensors[key], key)
                 _check_bank(w, f"key {key!r}")
                 return _with_bias(w, key, tensors)
         close = difflib.get_close_matches(name, list(tensors), n=3)
@@ -375,10 +372,10 @@ def _from_state_dict(sd: Mapping[str, Any], *, name: str | None) -> FirstLayer:
         raise ValueError(msg)
     for key in _STEM_KEYS:
         if key in tensors and np.ndim(tensors[key]) == 4:
-            return _with_bias(_as_array(tensors[key]), key, tensors)
+            return _with_bias(_as_array(tensors[key], key), key, tensors)
     for key, v in tensors.items():
         if key.endswith("weight") and np.ndim(v) == 4 and "float" in str(v.dtype):
-            return _with_bias(_as_array(v), key, tensors)
+            return _with_bias(_as_array(v, key), key, tensors)
     msg = f"obj: expected a 4D convolution weight in the state dict, none among {len(tensors)} keys"
     raise ValueError(msg)
 
@@ -388,9 +385,9 @@ def _with_bias(w: np.ndarray, key: str, tensors: Mapping[str, Any]) -> FirstLaye
     bias = tensors.get(bias_key) if bias_key else None
     ks = tuple(w.shape[2:])
     return FirstLayer(
-        weight=w.astype(np.float32) if w.dtype == np.float16 else w,
+        weight=w.astype(np.float64) if w.dtype == np.float16 else w,
         name=key,
-        bias=None if bias is None else _as_array(bias),
+        bias=None if bias is None else _as_array(bias, bias_key or key),
         kind="patch_embedding" if "patch" in key and ks != (1, 1) else "conv",
     )
 

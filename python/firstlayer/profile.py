@@ -21,6 +21,9 @@ from typing import Any, Literal
 
 import numpy as np
 
+from firstlayer._arrays import as_numpy, is_torch_tensor
+from firstlayer._numeric import pearson
+
 __all__ = [
     "DFTProfile",
     "correlation_matrix",
@@ -34,23 +37,30 @@ __all__ = [
 Normalize = Literal["max", "sum", "l2"] | None
 
 
-def _to_numpy(x: Any, name: str) -> np.ndarray:
-    """Return ``x`` as a float64 numpy array; tensors go through ``detach().cpu()``."""
-    if hasattr(x, "detach") and hasattr(x, "cpu"):
-        # A torch tensor: widen half precision on the torch side, numpy has no bfloat16.
-        x = x.detach().cpu()
-        if hasattr(x, "float") and str(getattr(x, "dtype", "")) in (
-            "torch.float16",
-            "torch.bfloat16",
-        ):
-            x = x.float()
-        x = x.numpy()
-    if not isinstance(x, np.ndarray):
-        if isinstance(x, (list, tuple, int, float, np.number)):
-            x = np.asarray(x)
-        else:
-            msg = f"{name}: expected a numpy array or a torch tensor, got {type(x).__name__}"
-            raise TypeError(msg)
+def _host_array(x: Any, name: str) -> np.ndarray:
+    """A numpy view of an array, or of a tensor on any device, in its own precision.
+
+    Weights, profiles and eigenvalues are small, so a tensor is read wherever it lives: the
+    ``detach().cpu()`` here is the one explicit copy off a device, then
+    :func:`firstlayer._arrays.as_numpy`. Half precision (numpy has no bfloat16) is widened to
+    float64 on the torch side, which is exact.
+    """
+    if not is_torch_tensor(x):
+        return as_numpy(x, name)
+    t = x.detach().cpu()
+    if str(t.dtype) in ("torch.float16", "torch.bfloat16"):
+        t = t.double()
+    return as_numpy(t, name)
+
+
+def _as_float64(x: Any, name: str) -> np.ndarray:
+    """``x`` as a float64 numpy array (no copy when it already is one).
+
+    Arrays, tensors on any device (see :func:`_host_array`), lists and numbers.
+    """
+    if isinstance(x, list | tuple | int | float | np.number):
+        x = np.asarray(x)
+    x = _host_array(x, name)
     if not (np.issubdtype(x.dtype, np.floating) or np.issubdtype(x.dtype, np.integer)):
         msg = f"{name}: expected a real numeric array, got dtype {x.dtype}"
         raise TypeError(msg)
@@ -59,7 +69,7 @@ def _to_numpy(x: Any, name: str) -> np.ndarray:
 
 def _as_filter_bank(weights: Any, name: str = "weights") -> np.ndarray:
     """Validate a filter bank and return it as float64 ``(F, C, kh, kw)``."""
-    w = _to_numpy(weights, name)
+    w = _as_float64(weights, name)
     if w.ndim == 3:  # (F, k, k): single-channel filters
         w = w[:, None]
     if w.ndim != 4:
@@ -139,8 +149,8 @@ def pca_basis(stats: Any) -> tuple[np.ndarray, np.ndarray]:
             f"got {type(stats).__name__}"
         )
         raise TypeError(msg)
-    ev = _to_numpy(ev, "stats.eigenvalues").ravel()
-    comps = _to_numpy(comps, "stats.components")
+    ev = _as_float64(ev, "stats.eigenvalues").ravel()
+    comps = _as_float64(comps, "stats.components")
     if comps.ndim != 2 or comps.shape[0] != ev.size or comps.shape[1] != ev.size:
         msg = (
             f"stats: expected components of shape ({ev.size}, {ev.size}) for {ev.size} "
@@ -236,7 +246,7 @@ def energy_profile(
                 raise ValueError(msg)
             _, u = pca_basis(stats)
         else:
-            u = _to_numpy(basis, "basis")
+            u = _as_float64(basis, "basis")
         if u.ndim != 2 or u.shape[0] != flat.shape[1]:
             msg = (
                 f"basis: expected shape ({flat.shape[1]}, m) for filters of {flat.shape[1]} "
@@ -296,7 +306,7 @@ def radial_average(power: Any, *, decimals: int = 9) -> tuple[np.ndarray, np.nda
     ValueError
         If ``power`` has fewer than two dimensions.
     """
-    a = _to_numpy(power, "power")
+    a = _as_float64(power, "power")
     if a.ndim < 2:
         msg = f"power: expected shape (..., kh, kw), got {tuple(a.shape)}"
         raise ValueError(msg)
@@ -384,14 +394,15 @@ def profile_correlation(a: Any, b: Any) -> float:
     ValueError
         If the lengths differ or a profile has fewer than two values.
     """
-    x, y = _to_numpy(a, "a").ravel(), _to_numpy(b, "b").ravel()
+    x, y = _as_float64(a, "a").ravel(), _as_float64(b, "b").ravel()
     if x.size != y.size:
         msg = f"b: expected a profile of length {x.size} like a, got length {y.size}"
         raise ValueError(msg)
     if x.size < 2:
         msg = f"a: expected at least 2 values to correlate, got {x.size}"
         raise ValueError(msg)
-    return float(correlation_matrix([x, y])[0, 1])
+    # Clipped like correlation_matrix: rounding never takes |r| past 1.
+    return float(np.clip(pearson(x, y), -1.0, 1.0))
 
 
 def correlation_matrix(
@@ -416,7 +427,7 @@ def correlation_matrix(
         If profiles differ in length.
     """
     items = list(profiles.values()) if isinstance(profiles, Mapping) else list(profiles)
-    rows = [_to_numpy(p, f"profiles[{i}]").ravel() for i, p in enumerate(items)]
+    rows = [_as_float64(p, f"profiles[{i}]").ravel() for i, p in enumerate(items)]
     if not rows:
         msg = "profiles: expected at least one profile, got none"
         raise ValueError(msg)

@@ -12,20 +12,21 @@ from typing import Any, Literal
 
 import numpy as np
 
-from firstlayer.profile import pca_basis
+from firstlayer.profile import _stats_geometry, pca_basis
 
 __all__ = ["init_first_layer", "whitening_filters"]
 
 
 def _geometry(stats: Any, p: int) -> tuple[int, int]:
-    c, k = getattr(stats, "channels", None), getattr(stats, "kernel_size", None)
-    if not isinstance(c, (int, np.integer)) or not isinstance(k, (int, np.integer)):
+    geom = _stats_geometry(stats)
+    if geom is None:
         msg = f"stats: expected a PatchStats with channels and kernel_size, got {type(stats)}"
         raise TypeError(msg)
-    if int(c) * int(k) ** 2 != p:
-        msg = f"stats: channels*kernel_size^2 = {int(c) * int(k) ** 2} but the PCA has dim {p}"
+    c, k = geom
+    if c * k**2 != p:
+        msg = f"stats: channels*kernel_size^2 = {c * k**2} but the PCA has dim {p}"
         raise ValueError(msg)
-    return int(c), int(k)
+    return c, k
 
 
 def whitening_filters(

@@ -5,7 +5,8 @@ ResNet20/32/56, ResNet18), a small CNN for CPU runs, the theory's linear CNN or 
 classifier, on any source :mod:`firstlayer.sources` reads, with true, randomly permuted, uniformly
 drawn or partly corrupted labels, and writes a run directory (see :mod:`firstlayer.train.runs`):
 options, labels, the first layer before and after training and at chosen steps, metrics per epoch
-and checkpoints from which a killed run resumes to the same result.
+and checkpoints from which a killed run resumes to the same result. ``firstlayer train`` on the
+command line (:mod:`firstlayer.cli.train`) takes the same options.
 
 Defaults follow the paper's code: plain SGD, learning rate 0.01, batch 256, no augmentation,
 the last incomplete batch dropped. Importing this package imports torch; ``import firstlayer``
@@ -15,7 +16,7 @@ Examples
 --------
 >>> from firstlayer.train import train
 >>> res = train(arch="small_cnn", dataset="sample", labels="random", epochs=1,
-...             batch_size=64, out="runs/sample-random", quiet=True)  # doctest: +SKIP
+...             batch_size=64, out_dir="runs/sample-random", quiet=True)  # doctest: +SKIP
 >>> res.first_layer_final.shape  # doctest: +SKIP
 (32, 3, 3, 3)
 """
@@ -26,12 +27,11 @@ import sys
 import types
 from typing import Any
 
-from .cli import add_train_arguments, train_from_args
-from .config import TrainConfig
-from .data import LABEL_MODES, load_dataset, make_labels
-from .loop import TrainResult, train, whitening_filters
-from .models import ARCHITECTURES, build_model, first_conv
-from .runs import RunDir
+from firstlayer.train.config import TrainConfig
+from firstlayer.train.data import LABEL_MODES, load_dataset, make_labels
+from firstlayer.train.loop import TrainResult, train
+from firstlayer.train.models import ARCHITECTURES, build_model, first_conv
+from firstlayer.train.runs import RunDir
 
 __all__ = [
     "ARCHITECTURES",
@@ -39,14 +39,11 @@ __all__ = [
     "RunDir",
     "TrainConfig",
     "TrainResult",
-    "add_train_arguments",
     "build_model",
     "first_conv",
     "load_dataset",
     "make_labels",
     "train",
-    "train_from_args",
-    "whitening_filters",
 ]
 
 

@@ -1,20 +1,20 @@
 """The options of a training run: one table drives ``train(**kwargs)``, the CLI and validation.
 
 Every option is a field of :class:`TrainConfig` with its help text in the field's metadata; the
-CLI (:mod:`firstlayer.train.cli`) is generated from the same fields, so the two cannot drift.
+``firstlayer train`` command line is generated from the same fields, so the two cannot drift.
 Fields marked ``result=False`` (output, device and logging choices) may change when a run is
 resumed; all others must match the stored ``config.json``.
 """
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Sequence
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from typing import Any
 
-from .data import LABEL_MODES
+from firstlayer._validate import check_choice, check_float, check_int, check_int_list, type_error
+from firstlayer.train.data import LABEL_MODES
 
 __all__ = ["AMP_MODES", "FREEZE_MODES", "LOSSES", "SCHEDULES", "TrainConfig"]
 
@@ -33,7 +33,7 @@ def _opt(default: Any, help: str, *, result: bool = True, cli: str | None = None
 class TrainConfig:
     """All options of :func:`firstlayer.train.train` (see its docstring for each one)."""
 
-    out: str = field(
+    out_dir: str = field(
         default=MISSING,  # type: ignore[assignment]
         metadata={"help": "run directory (created)", "result": False, "cli": None},
     )
@@ -80,8 +80,8 @@ class TrainConfig:
     )
     threads: int | None = _opt(None, "CPU threads (torch.set_num_threads)", result=False)
     deterministic: bool = _opt(True, "deterministic algorithms (bit-exact resume on the CPU)")
-    resume: bool = _opt(False, "continue the run in out", result=False)
-    overwrite: bool = _opt(False, "delete an existing run in out first", result=False)
+    resume: bool = _opt(False, "continue the run in out_dir", result=False)
+    overwrite: bool = _opt(False, "delete an existing run in out_dir first", result=False)
     quiet: bool = _opt(False, "print nothing", result=False)
     log_json: bool = _opt(False, "print each epoch's metrics as a JSON line", result=False)
 
@@ -115,11 +115,11 @@ class TrainConfig:
         TypeError, ValueError
             Naming the option, what was expected and what came.
         """
-        from .models import known_arch
+        from firstlayer.train.models import known_arch
 
-        if not isinstance(self.out, str | os.PathLike) or not os.fspath(self.out):
-            _type("out", "a directory path", self.out)
-        self.out = os.fspath(self.out)
+        if not isinstance(self.out_dir, str | os.PathLike) or not os.fspath(self.out_dir):
+            raise type_error("out_dir", "a directory path", self.out_dir)
+        self.out_dir = os.fspath(self.out_dir)
         self.arch = known_arch(self.arch)
         if isinstance(self.dataset, os.PathLike):
             self.dataset = os.fspath(self.dataset)
@@ -133,41 +133,41 @@ class TrainConfig:
             v = getattr(self, name)
             if v is not None:
                 lo = 0 if name == "label_seed" else 1
-                _int(name, v, lo)
+                check_int(name, v, lo)
         if self.kernel_size is not None and self.kernel_size % 2 == 0:
             msg = f"kernel_size: expected an odd size (padding k // 2), got {self.kernel_size}"
             raise ValueError(msg)
-        _int("seed", self.seed, 0)
-        _int("epochs", self.epochs, 1)
-        _int("batch_size", self.batch_size, 1)
-        _int("eval_batch_size", self.eval_batch_size, 1)
-        _int("checkpoint_every", self.checkpoint_every, 0)
+        check_int("seed", self.seed, 0)
+        check_int("epochs", self.epochs, 1)
+        check_int("batch_size", self.batch_size, 1)
+        check_int("eval_batch_size", self.eval_batch_size, 1)
+        check_int("checkpoint_every", self.checkpoint_every, 0)
         if self.threads is not None:
-            _int("threads", self.threads, 1)
-        _choice("labels", self.labels, LABEL_MODES)
-        _choice("freeze_first", self.freeze_first, FREEZE_MODES)
-        _choice("schedule", self.schedule, SCHEDULES)
-        _choice("loss", self.loss, LOSSES)
-        _choice("amp", self.amp, AMP_MODES)
-        _choice("device", self.device, DEVICES)
-        _float("corrupt", self.corrupt, 0.0, 1.0)
-        _float("width", self.width, 0.0, math.inf, open_low=True)
-        _float("lr", self.lr, 0.0, math.inf, open_low=True)
-        _float("momentum", self.momentum, 0.0, 1.0)
-        _float("weight_decay", self.weight_decay, 0.0, math.inf)
-        _float("gamma", self.gamma, 0.0, math.inf, open_low=True)
-        _float("whitening_eps", self.whitening_eps, 0.0, math.inf)
+            check_int("threads", self.threads, 1)
+        check_choice("labels", self.labels, LABEL_MODES)
+        check_choice("freeze_first", self.freeze_first, FREEZE_MODES)
+        check_choice("schedule", self.schedule, SCHEDULES)
+        check_choice("loss", self.loss, LOSSES)
+        check_choice("amp", self.amp, AMP_MODES)
+        check_choice("device", self.device, DEVICES)
+        check_float("corrupt", self.corrupt, 0.0, 1.0)
+        check_float("width", self.width, 0.0, open_low=True)
+        check_float("lr", self.lr, 0.0, open_low=True)
+        check_float("momentum", self.momentum, 0.0, 1.0)
+        check_float("weight_decay", self.weight_decay, 0.0)
+        check_float("gamma", self.gamma, 0.0, open_low=True)
+        check_float("whitening_eps", self.whitening_eps, 0.0)
         for name in ("nesterov", "augment", "drop_last", "channels_last", "deterministic",
                      "resume", "overwrite", "quiet", "log_json", "download"):  # fmt: skip
             if not isinstance(getattr(self, name), bool):
-                _type(name, "True or False", getattr(self, name))
+                raise type_error(name, "True or False", getattr(self, name))
         if self.nesterov and self.momentum == 0:
             msg = "nesterov: expected momentum > 0 with nesterov=True, got momentum=0"
             raise ValueError(msg)
         if self.resume and self.overwrite:
             msg = "resume: expected at most one of resume=True and overwrite=True, got both"
             raise ValueError(msg)
-        self.milestones = tuple(_int_list("milestones", self.milestones, 1))
+        self.milestones = tuple(check_int_list("milestones", self.milestones, 1))
         if self.milestones and self.schedule != "step":
             msg = f"milestones: only used with schedule='step', got schedule={self.schedule!r}"
             raise ValueError(msg)
@@ -180,11 +180,11 @@ class TrainConfig:
                     raise ValueError(msg)
                 setattr(self, name, tuple(vals))
         if isinstance(self.snapshots, bool):
-            _type("snapshots", "a count or a list of steps", self.snapshots)
+            raise type_error("snapshots", "a count or a list of steps", self.snapshots)
         if isinstance(self.snapshots, int):
-            _int("snapshots", self.snapshots, 0)
+            check_int("snapshots", self.snapshots, 0)
         else:
-            self.snapshots = tuple(_int_list("snapshots", self.snapshots, 0))
+            self.snapshots = tuple(check_int_list("snapshots", self.snapshots, 0))
         if isinstance(self.data_on_device, str):
             low = self.data_on_device.lower()
             table = {"auto": "auto", "true": True, "false": False}
@@ -193,55 +193,13 @@ class TrainConfig:
                 raise ValueError(msg)
             self.data_on_device = table[low]
         elif not isinstance(self.data_on_device, bool):
-            _type("data_on_device", "'auto', True or False", self.data_on_device)
-
-
-def _type(name: str, expected: str, got: Any) -> None:
-    msg = f"{name}: expected {expected}, got {got!r} ({type(got).__name__})"
-    raise TypeError(msg)
-
-
-def _int(name: str, v: Any, lo: int) -> None:
-    if isinstance(v, bool) or not isinstance(v, int):
-        _type(name, f"an integer >= {lo}", v)
-    if v < lo:
-        msg = f"{name}: expected an integer >= {lo}, got {v}"
-        raise ValueError(msg)
-
-
-def _float(name: str, v: Any, lo: float, hi: float, *, open_low: bool = False) -> None:
-    if isinstance(v, bool) or not isinstance(v, int | float):
-        _type(name, "a number", v)
-    ok = math.isfinite(v) and (v > lo if open_low else v >= lo) and v <= hi
-    if not ok:
-        low = f"> {lo}" if open_low else f">= {lo}"
-        rng = low if hi == math.inf else f"{low} and <= {hi}"
-        msg = f"{name}: expected a finite number {rng}, got {v}"
-        raise ValueError(msg)
-
-
-def _choice(name: str, v: Any, choices: Sequence[str]) -> None:
-    if not isinstance(v, str):
-        _type(name, f"one of {', '.join(choices)}", v)
-    if v not in choices:
-        msg = f"{name}: expected one of {', '.join(choices)}, got {v!r}"
-        raise ValueError(msg)
-
-
-def _int_list(name: str, v: Any, lo: int) -> list[int]:
-    if isinstance(v, str | bytes) or not isinstance(v, Sequence):
-        _type(name, "a list of integers", v)
-    for x in v:
-        _int(f"{name} entries", x, lo)
-    return sorted(set(v))
+            raise type_error("data_on_device", "'auto', True or False", self.data_on_device)
 
 
 def _float_list(name: str, v: Any) -> list[float]:
     if isinstance(v, str | bytes) or not isinstance(v, Sequence) or not v:
-        _type(name, "a non-empty list of numbers (one per channel)", v)
-    for x in v:
-        _float(f"{name} entries", x, -math.inf, math.inf)
-    return [float(x) for x in v]
+        raise type_error(name, "a non-empty list of numbers (one per channel)", v)
+    return [check_float(f"{name} entries", x) for x in v]
 
 
 def _check_dataset(name: str, v: Any) -> None:

@@ -1,5 +1,9 @@
 """The training loop: data on the device, seeded batch order, atomic checkpoints, exact resume, DDP.
 
+:func:`train` validates the options and :func:`run` trains: the setup before the first step is in
+:mod:`firstlayer.train._setup`, the per-step randomness in :mod:`firstlayer.train._schedule` and
+the process group in :mod:`firstlayer.train._ddp`; this module is the epoch loop itself.
+
 Everything random is a function of the seed and a counter, never of hidden state: the batch order
 of epoch ``e`` comes from ``(seed, e)``, the augmentation of step ``s`` from ``(seed, s)``, the
 random labels from ``label_seed``. A run resumed from a checkpoint therefore replays the exact
@@ -12,10 +16,7 @@ same global batch (batch-norm statistics are per process, as in any DDP run).
 from __future__ import annotations
 
 import math
-import os
-import sys
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,12 +27,23 @@ import torch.nn.functional as F
 import torch.utils.deterministic
 from torch import nn
 
-from .config import TrainConfig
-from .data import Dataset, channel_stats, load_dataset, make_labels, test_name
-from .models import build_model, first_conv
-from .runs import CHECKPOINT, CONFIG, FINAL_MODEL, RESULT, RunDir, dumps
+from firstlayer.train._ddp import Dist, all_reduce, barrier, dist_setup, dist_teardown, on_main
+from firstlayer.train._schedule import augment, epoch_order, lr_at, snapshot_steps, sub_seed
+from firstlayer.train._setup import (
+    Printer,
+    compare_config,
+    fits_on_device,
+    load_data,
+    pick_device,
+    state_of,
+    whitening_bank,
+)
+from firstlayer.train.config import TrainConfig
+from firstlayer.train.data import channel_stats, make_labels
+from firstlayer.train.models import build_model, first_conv
+from firstlayer.train.runs import CHECKPOINT, CONFIG, FINAL_MODEL, RESULT, RunDir
 
-__all__ = ["TrainResult", "run", "train", "whitening_filters"]
+__all__ = ["TrainResult", "run", "train"]
 
 _CHECKPOINT_VERSION = 1
 
@@ -42,7 +54,7 @@ class TrainResult:
 
     Attributes
     ----------
-    out : pathlib.Path
+    out_dir : pathlib.Path
         The run directory.
     config : dict
         The stored ``config.json`` (options and derived values).
@@ -54,162 +66,12 @@ class TrainResult:
         Wall time of this call.
     """
 
-    out: Path
+    out_dir: Path
     config: dict[str, Any]
     metrics: list[dict[str, Any]]
     first_layer_init: np.ndarray
     first_layer_final: np.ndarray
     seconds: float
-
-
-# ----------------------------------------------------------------------------------------------
-# Distributed helpers
-# ----------------------------------------------------------------------------------------------
-
-
-@dataclass
-class _Dist:
-    world: int
-    rank: int
-    local_rank: int
-    owns_group: bool
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-
-def _dist_setup(device_kind: str) -> _Dist:
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return _Dist(1, 0, 0, False)
-    import torch.distributed as dist
-
-    owns = False
-    if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if device_kind == "cuda" else "gloo")
-        owns = True
-    return _Dist(
-        dist.get_world_size(), dist.get_rank(), int(os.environ.get("LOCAL_RANK", "0")), owns
-    )
-
-
-def _on_main(d: _Dist, fn: Callable[[], Any]) -> Any:
-    """Run ``fn`` on rank 0 and hand its result (or its exception) to every rank."""
-    if d.world == 1:
-        return fn()
-    import torch.distributed as dist
-
-    box: list[Any] = [None]
-    if d.main:
-        try:
-            box[0] = ("ok", fn())
-        except Exception as exc:  # noqa: BLE001 - re-raised on every rank below
-            box[0] = ("err", exc)
-    dist.broadcast_object_list(box, src=0)
-    kind, value = box[0]
-    if kind == "err":
-        raise value
-    return value
-
-
-def _all_reduce(d: _Dist, t: torch.Tensor) -> torch.Tensor:
-    if d.world > 1:
-        import torch.distributed as dist
-
-        dist.all_reduce(t)
-    return t
-
-
-# ----------------------------------------------------------------------------------------------
-# Seeds, schedules, snapshots
-# ----------------------------------------------------------------------------------------------
-
-
-def _sub_seed(*keys: int) -> int:
-    return int(np.random.SeedSequence(list(keys)).generate_state(1, dtype=np.uint64)[0] >> 1)
-
-
-def _epoch_order(seed: int, epoch: int, n: int) -> torch.Tensor:
-    g = torch.Generator().manual_seed(_sub_seed(seed, epoch, 0x0E))
-    return torch.randperm(n, generator=g)
-
-
-def _lr_at(cfg: TrainConfig, step: int, steps_per_epoch: int, total: int) -> float:
-    if cfg.schedule == "cosine":
-        return cfg.lr * 0.5 * (1.0 + math.cos(math.pi * step / max(total, 1)))
-    if cfg.schedule == "step":
-        epoch = step // steps_per_epoch
-        return cfg.lr * cfg.gamma ** sum(1 for m in cfg.milestones if epoch >= m)
-    return cfg.lr
-
-
-def _snapshot_steps(spec: Any, total: int) -> set[int]:
-    if isinstance(spec, int):
-        if spec <= 0:
-            return set()
-        grid = np.unique(np.round(np.geomspace(1, max(total, 1), spec)).astype(np.int64))
-        return {0, *(int(s) for s in grid if s <= total)}
-    return {int(s) for s in spec if s <= total}
-
-
-# ----------------------------------------------------------------------------------------------
-# Frozen whitening filters
-# ----------------------------------------------------------------------------------------------
-
-
-def whitening_filters(
-    images: np.ndarray,
-    *,
-    n_filters: int,
-    kernel_size: int,
-    mean: list[float],
-    std: list[float],
-    eps: float,
-    seed: int,
-) -> np.ndarray:
-    """A bank of ``n_filters`` filters that whitens the normalised patches of ``images``.
-
-    The ZCA matrix ``Z`` (``p x p``, ``p = C k^2``) of the patches as the network sees them
-    (``(x/255 - mean)/std``) is mixed by a seeded matrix ``Q`` with orthonormal columns
-    (``n_filters >= p``) or rows (``n_filters < p``): the responses ``Q Z p`` have covariance
-    ``Q Q^T``, white within the span of the bank.
-
-    Parameters
-    ----------
-    images : numpy.ndarray
-        ``uint8`` ``(N, C, H, W)``.
-    n_filters, kernel_size : int
-    mean, std : list of float
-        Per-channel input normalisation.
-    eps : float
-        Added to the eigenvalues before the inverse square root.
-    seed : int
-
-    Returns
-    -------
-    numpy.ndarray
-        float32 ``(n_filters, C, k, k)``.
-    """
-    from firstlayer import patch_stats
-
-    stats = patch_stats(images, kernel_size=kernel_size, layout="NCHW")
-    z = stats.normalized(mean, std).zca(eps)
-    p = z.shape[0]
-    rng = np.random.Generator(np.random.PCG64(_sub_seed(seed, 0x3A)))
-    if n_filters >= p:
-        q, _ = np.linalg.qr(rng.standard_normal((n_filters, p)))
-    else:
-        qt, _ = np.linalg.qr(rng.standard_normal((p, n_filters)))
-        q = qt.T
-    w = q @ z
-    c = images.shape[1]
-    return w.reshape(n_filters, c, kernel_size, kernel_size).astype(np.float32)
-
-
-# ----------------------------------------------------------------------------------------------
-# The run
-# ----------------------------------------------------------------------------------------------
 
 
 def train(**kwargs: Any) -> TrainResult:
@@ -220,7 +82,7 @@ def train(**kwargs: Any) -> TrainResult:
 
     Parameters
     ----------
-    out : str or path-like
+    out_dir : str or path-like
         Run directory (see :mod:`firstlayer.train.runs` for its files). Required.
     arch : str
         ``small_cnn`` (default), ``linear_cnn``, ``vgg11_bn``, ``vgg13_bn``, ``vgg16_bn``,
@@ -288,7 +150,7 @@ def train(**kwargs: Any) -> TrainResult:
     deterministic : bool
         Deterministic algorithms (default): a resumed CPU run is bit-identical.
     resume, overwrite : bool
-        Continue the run in ``out`` (options must match), or delete it first.
+        Continue the run in ``out_dir`` (options must match), or delete it first.
     quiet, log_json : bool
         Print nothing, or one JSON record per epoch instead of a progress line.
 
@@ -301,8 +163,8 @@ def train(**kwargs: Any) -> TrainResult:
     TypeError, ValueError
         A bad option, naming it, what was expected and what came.
     FileExistsError
-        ``out`` holds a run and neither ``resume`` nor ``overwrite`` was given.
-    firstlayer.sources.DatasetNotFoundError
+        ``out_dir`` holds a run and neither ``resume`` nor ``overwrite`` was given.
+    firstlayer.exceptions.DatasetNotFoundError
         A named dataset is nowhere to be found.
 
     Notes
@@ -312,7 +174,7 @@ def train(**kwargs: Any) -> TrainResult:
 
     Examples
     --------
-    >>> res = train(out="runs/r", dataset="sample", labels="random", batch_size=64,
+    >>> res = train(out_dir="runs/r", dataset="sample", labels="random", batch_size=64,
     ...             quiet=True)  # doctest: +SKIP
     >>> res.first_layer_final.shape  # doctest: +SKIP
     (32, 3, 3, 3)
@@ -328,129 +190,46 @@ def train(**kwargs: Any) -> TrainResult:
             hints.append(f"{u} (did you mean {close[0]}?)" if close else u)
         msg = f"train: unexpected option(s) {', '.join(hints)}; expected {', '.join(names)}"
         raise TypeError(msg)
-    if "out" not in kwargs:
-        msg = "out: expected a run directory, got nothing (pass out=...)"
+    if "out_dir" not in kwargs:
+        msg = "out_dir: expected a run directory, got nothing (pass out_dir=...)"
         raise TypeError(msg)
     cfg = TrainConfig(**kwargs)
     cfg.validate()
     return run(cfg)
 
 
-def _device(cfg: TrainConfig, d_local: int) -> torch.device:
-    if cfg.device == "cuda" and not torch.cuda.is_available():
-        msg = "device: expected a visible CUDA device with device='cuda', found none"
-        raise ValueError(msg)
-    if cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available()):
-        torch.cuda.set_device(d_local)
-        return torch.device("cuda", d_local)
-    return torch.device("cpu")
-
-
-class _Printer:
-    def __init__(self, cfg: TrainConfig, main: bool) -> None:
-        self.on = main and not cfg.quiet
-        self.json = cfg.log_json
-
-    def info(self, text: str) -> None:
-        if self.on and not self.json:
-            print(text, file=sys.stdout, flush=True)
-
-    def record(self, rec: dict[str, Any], epochs: int) -> None:
-        if not self.on:
-            return
-        if self.json:
-            print(dumps(rec), file=sys.stdout, flush=True)
-            return
-        test = (
-            f"  test loss {rec['test_loss']:.4f} acc {rec['test_acc']:.3f}"
-            if rec.get("test_acc") is not None
-            else ""
-        )
-        print(
-            f"epoch {rec['epoch']}/{epochs}  step {rec['step']}  loss {rec['train_loss']:.4f}  "
-            f"acc {rec['train_acc']:.3f}{test}  lr {rec['lr']:.4g}  "
-            f"{rec['epoch_seconds']:.1f}s ({rec['images_per_second']:.0f} img/s)",
-            file=sys.stdout,
-            flush=True,
-        )
-
-
-def _compare_config(stored: dict[str, Any], cfg: TrainConfig, out: Path) -> None:
-    now = cfg.to_dict()
-    bad = []
-    for name in TrainConfig.result_names():
-        a = stored.get("options", {}).get(name)
-        b = now[name]
-        if dumps(a) != dumps(b):
-            bad.append(f"{name}: stored {a!r}, now {b!r}")
-    if bad:
-        msg = f"resume: the options differ from the run in {str(out)!r}: " + "; ".join(bad)
-        raise ValueError(msg)
-
-
-def _load_data(cfg: TrainConfig) -> tuple[Dataset, Dataset | None]:
-    train_set = load_dataset(
-        cfg.dataset, subset=cfg.subset, root=cfg.root, download=cfg.download, what="dataset"
-    )
-    test_src: Any = cfg.test_dataset
-    if isinstance(test_src, str) and test_src.lower() == "auto":
-        test_src = test_name(cfg.dataset)
-    elif isinstance(test_src, str) and test_src.lower() == "none":
-        test_src = None
-    test_set = None
-    if test_src is not None:
-        test_set = load_dataset(
-            test_src, subset=cfg.test_subset, root=cfg.root, download=cfg.download,
-            what="test_dataset",
-        )  # fmt: skip
-        if test_set.images.shape[1:] != train_set.images.shape[1:]:
-            msg = (
-                f"test_dataset: expected images of shape {train_set.images.shape[1:]} like the "
-                f"training set, got {test_set.images.shape[1:]}"
-            )
-            raise ValueError(msg)
-    return train_set, test_set
-
-
-def _state_of(model: nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-
-
 def run(cfg: TrainConfig) -> TrainResult:
     """Run a validated configuration (``train(**kwargs)`` validates and calls this)."""
     t_start = time.perf_counter()
     device_kind = "cuda" if cfg.device != "cpu" and torch.cuda.is_available() else "cpu"
-    dist_ = _dist_setup(device_kind)
+    dist_ = dist_setup(device_kind)
     try:
         return _run(cfg, dist_, t_start)
     finally:
-        if dist_.owns_group:
-            import torch.distributed as dist
-
-            dist.destroy_process_group()
+        dist_teardown(dist_)
 
 
-def _run(cfg: TrainConfig, d: _Dist, t_start: float) -> TrainResult:
-    device = _device(cfg, d.local_rank)
-    runs = RunDir(cfg.out)
-    printer = _Printer(cfg, d.main)
+def _run(cfg: TrainConfig, d: Dist, t_start: float) -> TrainResult:
+    device = pick_device(cfg, d.local_rank)
+    runs = RunDir(cfg.out_dir)
+    printer = Printer(cfg, d.main)
     if cfg.batch_size % d.world:
         msg = (
             f"batch_size: expected a multiple of the number of processes ({d.world}), got "
             f"{cfg.batch_size}"
         )
         raise ValueError(msg)
-    resuming = _on_main(d, lambda: runs.prepare(resume=cfg.resume, overwrite=cfg.overwrite))
+    resuming = on_main(d, lambda: runs.prepare(resume=cfg.resume, overwrite=cfg.overwrite))
     stored: dict[str, Any] | None = None
     if resuming:
         stored = runs.read_json(CONFIG)
-        _compare_config(stored, cfg, runs.path)
+        compare_config(stored, cfg, runs.path)
         if runs.complete():
             printer.info(f"{runs.path}: run already complete")
             return _result(runs, t_start)
 
     # ---- data, labels, normalisation: every check before any training ----------------------
-    train_set, test_set = _load_data(cfg)
+    train_set, test_set = load_data(cfg)
     images, true_labels = train_set.images, train_set.labels
     n, c, h, w = images.shape
     n_classes = max(
@@ -484,10 +263,10 @@ def _run(cfg: TrainConfig, d: _Dist, t_start: float) -> TrainResult:
         msg = "drop_last: expected True when training with several processes, got False"
         raise ValueError(msg)
     total_steps = steps_per_epoch * cfg.epochs
-    snap_steps = _snapshot_steps(cfg.snapshots, total_steps)
+    snap_steps = snapshot_steps(cfg.snapshots, total_steps)
 
     # ---- model ------------------------------------------------------------------------------
-    torch.manual_seed(_sub_seed(cfg.seed, 0x1A))
+    torch.manual_seed(sub_seed(cfg.seed, 0x1A))
     model = build_model(
         cfg.arch,
         num_classes=n_classes,
@@ -499,7 +278,7 @@ def _run(cfg: TrainConfig, d: _Dist, t_start: float) -> TrainResult:
     conv1 = first_conv(model, (c, h, w))
     if cfg.freeze_first == "whitening":
         k = int(conv1.kernel_size[0])
-        wf = whitening_filters(
+        wf = whitening_bank(
             images, n_filters=conv1.out_channels, kernel_size=k, mean=mean, std=std,
             eps=cfg.whitening_eps, seed=cfg.seed,
         )  # fmt: skip
@@ -596,14 +375,14 @@ def _run(cfg: TrainConfig, d: _Dist, t_start: float) -> TrainResult:
         runs.write_metrics([])
         runs.write_json(CONFIG, {"options": cfg.to_dict(), "derived": derived})
     if ckpt is None:  # dropout and other global-RNG users (torchvision models)
-        torch.manual_seed(_sub_seed(cfg.seed, 0x2B))
+        torch.manual_seed(sub_seed(cfg.seed, 0x2B))
 
     # ---- data on the device -----------------------------------------------------------------
     x_all = torch.from_numpy(images)
     y_all = torch.from_numpy(labels)
     on_device = cfg.data_on_device
     if on_device == "auto":
-        on_device = device.type == "cpu" or _fits(x_all, device)
+        on_device = device.type == "cpu" or fits_on_device(x_all, device)
     if on_device:
         x_all, y_all = x_all.to(device), y_all.to(device)
     elif device.type == "cuda":
@@ -647,7 +426,7 @@ def _run(cfg: TrainConfig, d: _Dist, t_start: float) -> TrainResult:
                 sums[1] += (out.argmax(1) == yy).sum()
                 sums[2] += j - i
         model.train()
-        _all_reduce(d, sums)
+        all_reduce(d, sums)
         return float(sums[0] / sums[2]), float(sums[1] / sums[2])
 
     def save_checkpoint(n_metrics: int, acc: dict[str, Any]) -> None:
@@ -655,7 +434,7 @@ def _run(cfg: TrainConfig, d: _Dist, t_start: float) -> TrainResult:
             return
         state = {
             "version": _CHECKPOINT_VERSION,
-            "model": _state_of(model),
+            "model": state_of(model),
             "optimizer": opt.state_dict(),
             "step": step,
             "epoch": epoch,
@@ -691,7 +470,7 @@ def _run(cfg: TrainConfig, d: _Dist, t_start: float) -> TrainResult:
     net.train()
     try:
         while epoch < cfg.epochs:
-            order = _epoch_order(cfg.seed, epoch, n)
+            order = epoch_order(cfg.seed, epoch, n)
             t_epoch = time.perf_counter()
             loss_sum = torch.zeros((), dtype=torch.float64, device=device)
             correct = torch.zeros((), dtype=torch.int64, device=device)
@@ -708,10 +487,10 @@ def _run(cfg: TrainConfig, d: _Dist, t_start: float) -> TrainResult:
                     mine = mine.to(device)
                 x = x_all[mine]
                 if cfg.augment:
-                    x = _augment(x, cfg.seed, step, d.rank * share, len(idx))
+                    x = augment(x, cfg.seed, step, d.rank * share, len(idx))
                 x = prepare(x)
                 y = y_all[mine].to(device, non_blocking=True)
-                lr = _lr_at(cfg, step, steps_per_epoch, total_steps)
+                lr = lr_at(cfg, step, steps_per_epoch, total_steps)
                 for group in opt.param_groups:
                     group["lr"] = lr
                 with autocast:
@@ -741,14 +520,14 @@ def _run(cfg: TrainConfig, d: _Dist, t_start: float) -> TrainResult:
                 dtype=torch.float64,
                 device=device,
             )
-            _all_reduce(d, totals)
+            all_reduce(d, totals)
             t_eval = time.perf_counter()
             test_loss, test_acc = evaluate()
             epoch += 1
             rec = {
                 "epoch": epoch,
                 "step": step,
-                "lr": _lr_at(cfg, step - 1, steps_per_epoch, total_steps),
+                "lr": lr_at(cfg, step - 1, steps_per_epoch, total_steps),
                 "train_loss": float(totals[0] / totals[2]),
                 "train_acc": float(totals[1] / totals[2]),
                 "test_loss": test_loss,
@@ -774,7 +553,7 @@ def _run(cfg: TrainConfig, d: _Dist, t_start: float) -> TrainResult:
     if d.main:
         final_first = conv1.weight.detach().float().cpu().numpy()
         runs.write_npy("first_layer_final.npy", final_first)
-        runs.write_torch(FINAL_MODEL, _state_of(model))
+        runs.write_torch(FINAL_MODEL, state_of(model))
         last = metrics[-1] if metrics else {}
         runs.write_json(
             RESULT,
@@ -785,10 +564,7 @@ def _run(cfg: TrainConfig, d: _Dist, t_start: float) -> TrainResult:
                 "train_seconds": sum(r["epoch_seconds"] for r in metrics),
             },
         )
-    if d.world > 1:
-        import torch.distributed as dist
-
-        dist.barrier()
+    barrier(d)
     return _result(runs, t_start)
 
 
@@ -803,37 +579,9 @@ def _merge_acc(
     }
 
 
-def _fits(x: torch.Tensor, device: torch.device) -> bool:
-    if device.type != "cuda":
-        return True
-    free, _ = torch.cuda.mem_get_info(device)
-    return x.numel() * x.element_size() < 0.5 * free
-
-
-def _augment(x: torch.Tensor, seed: int, step: int, offset: int, global_n: int) -> torch.Tensor:
-    """Random crop (zero padding 4) and horizontal flip, drawn from ``(seed, step)`` only.
-
-    The draws are made for the whole global batch and sliced at ``offset``, so each DDP process
-    augments its images exactly as one process would.
-    """
-    rng = np.random.Generator(np.random.PCG64(_sub_seed(seed, step, 0xA6)))
-    shifts = rng.integers(0, 9, size=(global_n, 2))[offset : offset + len(x)]
-    flips = rng.random(global_n)[offset : offset + len(x)] < 0.5
-    b, c, h, w = x.shape
-    dev = x.device
-    padded = F.pad(x, (4, 4, 4, 4))
-    rows = torch.from_numpy(shifts[:, 0]).to(dev)[:, None] + torch.arange(h, device=dev)
-    cols = torch.from_numpy(shifts[:, 1]).to(dev)[:, None] + torch.arange(w, device=dev)
-    flip = torch.from_numpy(flips).to(dev)
-    cols = torch.where(flip[:, None], cols.flip(1), cols)
-    bi = torch.arange(b, device=dev)[:, None, None, None]
-    ci = torch.arange(c, device=dev)[None, :, None, None]
-    return padded[bi, ci, rows[:, None, :, None], cols[:, None, None, :]]
-
-
 def _result(runs: RunDir, t_start: float) -> TrainResult:
     return TrainResult(
-        out=runs.path,
+        out_dir=runs.path,
         config=runs.read_json(CONFIG),
         metrics=runs.read_metrics(),
         first_layer_init=np.load(runs / "first_layer_init.npy", allow_pickle=False),

@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from firstlayer.checkpoint import atomic_write_bytes
+from firstlayer._io import atomic_write_bytes, dumps, write_json
 
 __all__ = ["RunDir"]
 
@@ -38,19 +38,6 @@ METRICS = "metrics.jsonl"
 CHECKPOINT = "checkpoint.pt"
 FINAL_MODEL = "model_final.pt"
 SNAPSHOTS = "snapshots"
-
-
-def _json_default(v: Any) -> Any:
-    if isinstance(v, np.integer | np.floating):
-        return v.item()
-    if isinstance(v, os.PathLike):
-        return os.fspath(v)
-    return repr(v)
-
-
-def dumps(obj: Any, *, indent: int | None = None) -> str:
-    """JSON text; values JSON cannot hold are written as their ``repr``."""
-    return json.dumps(obj, indent=indent, default=_json_default, sort_keys=indent is not None)
 
 
 def _interrupted_start(p: Path) -> bool:
@@ -103,18 +90,20 @@ class RunDir:
         """
         p = self.path
         if p.exists() and not p.is_dir():
-            msg = f"out: expected a directory, got the file {str(p)!r}"
+            msg = f"out_dir: expected a directory, got the file {str(p)!r}"
             raise FileExistsError(msg)
         if overwrite and p.exists():
             if not self.exists() and any(p.iterdir()):
-                msg = f"out: {str(p)!r} holds files that are not a training run; not deleting it"
+                msg = (
+                    f"out_dir: {str(p)!r} holds files that are not a training run; not deleting it"
+                )
                 raise FileExistsError(msg)
             shutil.rmtree(p)
         if self.exists():
             if resume:
                 return True
             msg = (
-                f"out: {str(p)!r} already holds a run; pass resume=True to continue it or "
+                f"out_dir: {str(p)!r} already holds a run; pass resume=True to continue it or "
                 "overwrite=True to start again"
             )
             raise FileExistsError(msg)
@@ -123,7 +112,7 @@ class RunDir:
             # everything in the folder is ours, so start again.
             shutil.rmtree(p)
         if p.exists() and any(x.name != SNAPSHOTS for x in p.iterdir()):
-            msg = f"out: expected a new or empty directory, {str(p)!r} holds other files"
+            msg = f"out_dir: expected a new or empty directory, {str(p)!r} holds other files"
             raise FileExistsError(msg)
         (p / SNAPSHOTS).mkdir(parents=True, exist_ok=True)
         return False
@@ -138,8 +127,10 @@ class RunDir:
         return target
 
     def write_json(self, name: str, obj: Any) -> Path:
-        """Atomically write an indented JSON file."""
-        return self.write_bytes(name, (dumps(obj, indent=2) + "\n").encode())
+        """Atomically write an indented JSON file (strict JSON, keys sorted)."""
+        target = self.path / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        return write_json(target, obj, sort_keys=True)
 
     def write_npy(self, name: str, arr: np.ndarray) -> Path:
         """Atomically write a ``.npy`` file (no pickle)."""
@@ -149,7 +140,7 @@ class RunDir:
 
     def write_metrics(self, records: list[dict[str, Any]]) -> Path:
         """Atomically rewrite ``metrics.jsonl`` with all records so far."""
-        text = "".join(dumps(r) + "\n" for r in records)
+        text = "".join(dumps(r, indent=None) + "\n" for r in records)
         return self.write_bytes(METRICS, text.encode())
 
     def write_torch(self, name: str, obj: Any) -> Path:

@@ -10,8 +10,9 @@ configuration computes the same exact statistics (checked bit for bit):
                   through the same per-shard function the Dask tasks run (``compute_shard``)
 * ``single-Nt``   the same with ``N`` threads (all cores of the machine)
 * ``in-memory``   one process, ``N`` threads, ``firstlayer.patch_stats`` on the whole array
-* ``dask-2w``     ``firstlayer.distributed.patch_stats`` on a ``LocalCluster`` of 2 worker
-                  processes with one thread each (cluster start-up timed separately)
+* ``dask-2w``     ``firstlayer.distributed.dask_patch_stats`` (through ``run_shards``) on a
+                  ``LocalCluster`` of 2 worker processes with one thread each (cluster
+                  start-up timed separately)
 
 Each single-process configuration runs in a fresh subprocess (the Rust thread pool is sized once
 per process). The engine overhead is ``per-core rate of single-1t / per-worker rate of dask-2w``

@@ -25,7 +25,7 @@ import pytest
 
 import firstlayer
 from firstlayer import sources
-from firstlayer.distributed import Shard, as_shard, patch_stats, run_shards, split
+from firstlayer.distributed import Shard, as_shard, dask_patch_stats, run_shards, split
 
 distributed = pytest.importorskip("distributed")
 
@@ -107,36 +107,69 @@ def test_every_shard_kind_gives_the_single_process_statistics(
 
     npy = str(tmp_path / "x.npy")
     ref_npy = firstlayer.patch_stats(images, 3)
-    got = patch_stats([(npy, slice(0, 100)), (npy, 100, 170), Shard(npy, 170)], client=client)
+    got = dask_patch_stats([(npy, slice(0, 100)), (npy, 100, 170), Shard(npy, 170)], client=client)
     assert got == ref_npy and got.exact
 
     ref_lab = firstlayer.patch_stats(images, 3, labels=labels)
     chunks = [Shard(images, a, a + 60, labels=labels) for a in range(0, 240, 60)]
-    assert patch_stats(chunks, client=client, quiet=True) == ref_lab
+    assert dask_patch_stats(chunks, client=client, quiet=True) == ref_lab
 
     unlabelled = firstlayer.patch_stats(str(folder), 3, labels=False)
-    got = patch_stats([files[:7], files[7:20], files[20:]], client=client, batch_size=5)
+    got = dask_patch_stats([files[:7], files[7:20], files[20:]], client=client, batch_size=5)
     assert got == unlabelled
     labelled = firstlayer.patch_stats(str(folder), 3)
     assert list(labelled.class_counts) == [12 * 196, 12 * 196]
-    got = patch_stats(split(str(folder), 5), client=client, batch_size=4)
+    got = dask_patch_stats(split(str(folder), 5), client=client, batch_size=4)
     assert got == labelled
-    got = patch_stats([(str(folder), 0, 13), (str(folder), 13, 24)], client=client)
+    got = dask_patch_stats([(str(folder), 0, 13), (str(folder), 13, 24)], client=client)
     assert got == labelled
 
     ref_sample = firstlayer.patch_stats("sample", 5, stride=2)
-    got = patch_stats(split("sample", 6), 5, stride=2, client=client, batch_size=64)
+    got = dask_patch_stats(split("sample", 6), 5, stride=2, client=client, batch_size=64)
     assert got == ref_sample and len(got.class_counts) == 10
     # shard order in the list is the merge order; any cut of the same images gives the same bits
-    got = patch_stats([("sample", 500, 1017), ("sample", 0, 500)], 5, stride=2, client=client)
+    got = dask_patch_stats([("sample", 500, 1017), ("sample", 0, 500)], 5, stride=2, client=client)
     assert got == ref_sample
+
+
+def test_labels_for_the_whole_job_mean_what_patch_stats_labels_mean(
+    client: Any, images: np.ndarray, tmp_path: Path
+) -> None:
+    from PIL import Image
+
+    # labels=y is one class per image of the job (the shards in list order), as
+    # firstlayer.patch_stats(x, labels=y) takes one per image of x; each shard gets its slice
+    y = np.random.default_rng(2).integers(0, 7, len(images))
+    ref = firstlayer.patch_stats(images, 3, labels=y)
+    assert dask_patch_stats(split(images, 4), client=client, labels=y) == ref
+    npy = str(tmp_path / "x.npy")
+    np.save(npy, images)
+    shards = [(npy, slice(0, 100)), images[100:170], Shard(npy, 170)]
+    assert dask_patch_stats(shards, client=client, labels=y, batch_size=32) == ref
+    np.save(tmp_path / "y.npy", y)
+    assert dask_patch_stats(split(npy, 3), client=client, labels=tmp_path / "y.npy") == ref
+    files = []
+    for i in range(24):
+        files.append(str(tmp_path / f"{i:03d}.png"))
+        Image.fromarray(images[i].transpose(1, 2, 0)).save(files[-1])
+    got = dask_patch_stats([files[:7], (files, 7, 24)], client=client, labels=y[:24])
+    assert got == firstlayer.patch_stats(images[:24], 3, labels=y[:24])
+
+    with pytest.raises(ValueError, match=r"shards\[0\] \(sample\) carries its own labels"):
+        dask_patch_stats(["sample"], labels=[0, 1])
+    with pytest.raises(ValueError, match=r"labels: expected shape \(240,\)"):
+        dask_patch_stats(split(images, 2), labels=y[:10])
+    with pytest.raises(ValueError, match=r"shards\[0\] .* has labels of its own"):
+        dask_patch_stats([Shard(images, labels=y)], labels=y)
+    with pytest.raises(TypeError, match="labels: expected None, True, False, an array"):
+        dask_patch_stats([images], labels=object())
 
 
 def test_float_images_merge_in_a_fixed_order(client: Any, images: np.ndarray) -> None:
     x = images.astype(np.float32) / 255
     shards = split(x, 5)
-    a = patch_stats(shards, 3, client=client)
-    b = patch_stats(shards, 3, client=client)
+    a = dask_patch_stats(shards, 3, client=client)
+    b = dask_patch_stats(shards, 3, client=client)
     assert a == b and not a.exact
     np.testing.assert_allclose(a.second_moment, firstlayer.patch_stats(x, 3).second_moment,
                                rtol=1e-12)  # fmt: skip
@@ -168,7 +201,7 @@ def test_a_worker_killed_mid_job_does_not_change_the_result(
         for a in range(0, 240, 40)
     ]
     pids_before = set(client.run(os.getpid).values())
-    got = patch_stats(shards, 3, client=client, quiet=True)
+    got = dask_patch_stats(shards, 3, client=client, quiet=True)
     assert got == firstlayer.patch_stats(images, 3)
     assert (marks / "kill").exists()
     assert _runs(marks, "s80") == 2  # killed once, then rerun on a fresh or the other worker
@@ -181,7 +214,7 @@ def test_a_failing_task_is_retried(client: Any, images: np.ndarray, tmp_path: Pa
     (marks / "fail").touch()
     shards = [Shard(MarkedSource(images, str(marks), "only", "fail"))]
     with pytest.raises(RuntimeError, match=r"shards\[0\] .* failed after 1 retries") as info:
-        patch_stats(shards, 3, client=client, retries=1, quiet=True)
+        dask_patch_stats(shards, 3, client=client, retries=1, quiet=True)
     assert "failed on purpose" in str(info.value.__cause__)
     assert _runs(marks, "only") == 2
 
@@ -195,7 +228,7 @@ def test_restart_skips_finished_shards(client: Any, images: np.ndarray, tmp_path
         for a in range(0, 240, 40)
     ]
     with pytest.raises(RuntimeError, match=r"shards\[3\].*5 finished shards are in the checkpoint"):
-        patch_stats(shards, 3, client=client, checkpoint_dir=ckpt, retries=0, quiet=True)
+        dask_patch_stats(shards, 3, client=client, checkpoint_dir=ckpt, retries=0, quiet=True)
     assert len(list(ckpt.glob("shard-*.npz"))) == 5
     (marks / "fail").unlink()
     run = run_shards(shards, 3, client=client, checkpoint_dir=ckpt, quiet=True)
@@ -206,7 +239,7 @@ def test_restart_skips_finished_shards(client: Any, images: np.ndarray, tmp_path
     again = run_shards(shards, 3, client=client, checkpoint_dir=ckpt, quiet=True)
     assert again.computed == [] and again.stats == run.stats
     with pytest.raises(ValueError, match="checkpoint_dir: .* different job"):
-        patch_stats(shards, 5, client=client, checkpoint_dir=ckpt)
+        dask_patch_stats(shards, 5, client=client, checkpoint_dir=ckpt)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -216,26 +249,24 @@ def test_restart_skips_finished_shards(client: Any, images: np.ndarray, tmp_path
 
 def test_errors_name_the_argument(images: np.ndarray) -> None:
     with pytest.raises(TypeError, match="shards: expected a list"):
-        patch_stats("sample")  # type: ignore[arg-type]
+        dask_patch_stats("sample")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="shards: expected at least one"):
-        patch_stats([])
+        dask_patch_stats([])
     with pytest.raises(ValueError, match=r"kernel_size: expected an integer in \[1, 15\], got 0"):
-        patch_stats(["sample"], 0)
+        dask_patch_stats(["sample"], 0)
     with pytest.raises(ValueError, match=r"shards\[1\]: expected start < stop"):
         as_shard(("sample", 5, 5), 1)
     with pytest.raises(ValueError, match="expected a slice with step 1"):
         as_shard(("sample", slice(0, 10, 2)))
-    with pytest.raises(ValueError, match="method: expected 'auto', 'direct' or 'shifted'"):
-        patch_stats(["sample"], method="fast")
-    with pytest.raises(TypeError, match="labels: expected None, True or False"):
-        patch_stats(["sample"], labels=[0, 1])  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="method: expected one of auto, direct, shifted"):
+        dask_patch_stats(["sample"], method="fast")
     with pytest.raises(TypeError, match="unexpected keyword arguments"):
-        patch_stats(["sample"], bogus=1)
+        dask_patch_stats(["sample"], bogus=1)
     with pytest.raises(ValueError, match="n_shards: expected an integer >= 1"):
         split(images, 0)
     assert len(split(images, 1000)) == 240  # at most one shard per image
     with pytest.raises(TypeError, match="client: expected a distributed.Client"):
-        patch_stats([images], client=42)  # type: ignore[arg-type]
+        dask_patch_stats([images], client=42)  # type: ignore[arg-type]
 
 
 def test_import_firstlayer_does_not_import_dask() -> None:

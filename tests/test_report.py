@@ -290,7 +290,7 @@ def test_report_json_numbers_match_the_api(built: dict[str, Any]) -> None:
                 "correlation": correlation_matrix([profiles[m] for m in members]),
             }
         )
-    sample = Path(firstlayer.sources._sample_path())
+    sample = Path(firstlayer.sources.sample_path())
     data = {
         "name": "sample",
         "path": str(sample),

@@ -24,12 +24,12 @@ from firstlayer.cli import main  # noqa: E402
 from firstlayer.reproduce import (  # noqa: E402
     EXPERIMENTS,
     SCALES,
-    _holds,
     add_reproduce_arguments,
     format_claims,
     plan,
     reproduce,
 )
+from firstlayer.reproduce.claims import holds  # noqa: E402
 
 REQUIRED = ("id", "claim", "paper", "measured", "spread", "holds")
 
@@ -94,10 +94,10 @@ def test_claims_internally_consistent(tiny: Path) -> None:
         assert math.isclose(c["measured"], float(vals.mean()), rel_tol=1e-9, abs_tol=1e-12)
         sd = float(vals.std(ddof=1)) if vals.size > 1 else 0.0
         assert math.isclose(c["spread"], sd, rel_tol=1e-9, abs_tol=1e-12)
-        holds, _ = _holds(
+        ok, _ = holds(
             c["rule"], c["measured"], c["paper"], c["paper_spread"] or 0.0, c["tolerance"]
         )
-        assert holds == c["holds"], c["id"]
+        assert ok == c["holds"], c["id"]
         if c["id"] not in ("6a", "6b"):  # correlations
             assert np.all(np.abs(vals) <= 1 + 1e-9), c["id"]
 
@@ -191,7 +191,7 @@ def test_interrupted_run_needs_resume(tmp_path: Path) -> None:
 
 
 def test_resume_continues_interrupted_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import firstlayer.reproduce as rp
+    from firstlayer.reproduce import context, run
 
     out = tmp_path / "r"
     sc = SCALES["tiny"]
@@ -211,8 +211,8 @@ def test_resume_continues_interrupted_runs(tmp_path: Path, monkeypatch: pytest.M
         (path / "config.json").write_text("{}")
         (path / "result.json").write_text("{}")
 
-    monkeypatch.setattr(rp._Context, "_run_training", fake)
-    monkeypatch.setattr(rp, "_write_report", lambda ctx, results, command: (out / "x", []))
+    monkeypatch.setattr(context.Context, "_run_training", fake)
+    monkeypatch.setattr(run, "write_report", lambda ctx, results, command: (out / "x", []))
     reproduce(out, scale="tiny", only=2, resume=True, quiet=True)
     assert sorted(calls) == sorted([(names[0], True), *[(n, False) for n in names[1:]]])
     assert (out / "experiments" / "e2.json").is_file()

@@ -37,7 +37,7 @@ def _train(**kwargs: Any) -> Any:
 
 
 def run_demo(
-    out: str | os.PathLike[str] = "firstlayer-demo",
+    out_dir: str | os.PathLike[str] = "firstlayer-demo",
     *,
     epochs: int | None = None,
     quick: bool = False,
@@ -48,11 +48,11 @@ def run_demo(
     command: Sequence[str] | None = None,
     echo: bool = True,
 ) -> dict[str, Any]:
-    """Run the demo and write its runs and report under ``out``.
+    """Run the demo and write its runs and report under ``out_dir``.
 
     Parameters
     ----------
-    out : path
+    out_dir : path
         Output folder: ``runs/true``, ``runs/random`` and ``report/`` are written in it (runs of
         an earlier demo are replaced).
     epochs : int, optional
@@ -78,11 +78,13 @@ def run_demo(
         ``index`` (path of the report page), ``report``, ``runs``, ``stats`` summary, ``fits``,
         ``correlation`` of the two profiles and ``seconds``.
     """
-    from firstlayer.report import StatsProvider, build_report, dataset_description, resolve_models
-    from firstlayer.stats import patch_stats
+    from firstlayer.report.build import build_report, dataset_description
+    from firstlayer.report.compute import StatsProvider
+    from firstlayer.report.inputs import resolve_models
+    from firstlayer.streaming import patch_stats
 
     t0 = time.monotonic()
-    root = Path(out)
+    root = Path(out_dir)
     root.mkdir(parents=True, exist_ok=True)
 
     def say(msg: str) -> None:
@@ -107,6 +109,7 @@ def run_demo(
         options["epochs"] = epochs
     runs = {}
     for labels in ("true", "random"):
+        run_dir = root / "runs" / labels
         say(
             f"2. training small_cnn with {labels} labels for {options['epochs']} epoch(s) "
             f"(seed {seed})"
@@ -120,10 +123,10 @@ def run_demo(
             threads=threads,
             quiet=quiet,
             overwrite=True,
-            out=str(root / "runs" / labels),
+            out_dir=str(run_dir),
             **options,
         )
-        runs[labels] = Path(res.out)
+        runs[labels] = run_dir
         last = res.metrics[-1] if res.metrics else {}
         acc = last.get("train_acc")
         say(

@@ -19,7 +19,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from firstlayer.report.compute import StatsProvider, compute_report, tolist
+from firstlayer._io import dumps, fsync_dir, jsonable
+from firstlayer.report.compute import StatsProvider, compute_report
 from firstlayer.report.inputs import ModelInput, Normalization, file_sha256
 
 __all__ = ["REPORT_FORMAT", "REPORT_VERSION", "Report", "build_report", "versions"]
@@ -49,10 +50,10 @@ class Report:
 
 def versions() -> dict[str, str]:
     """Versions of firstlayer, Python, the platform and the packages a report depends on."""
-    import firstlayer
+    from firstlayer import _core
 
     out = {
-        "firstlayer": firstlayer.__version__,
+        "firstlayer": _core.__version__,
         "python": platform.python_version(),
         "platform": platform.platform(),
     }
@@ -61,8 +62,6 @@ def versions() -> dict[str, str]:
             out[pkg] = metadata.version(pkg)
         except metadata.PackageNotFoundError:
             out[pkg] = "not installed"
-    from firstlayer import _core
-
     out["rust core threads"] = str(_core.num_threads())
     return out
 
@@ -212,22 +211,8 @@ def _profiles_csv(report: dict[str, Any]) -> str:
     return buf.getvalue()
 
 
-def _backup_of(out: Path) -> Path:
-    return out.with_name(f".{out.name}.old")
-
-
-def _fsync_dir(path: Path) -> None:
-    # Makes the renames durable; some platforms cannot open or fsync a folder.
-    try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+def _backup_of(out_dir: Path) -> Path:
+    return out_dir.with_name(f".{out_dir.name}.old")
 
 
 def _exchange(a: Path, b: Path) -> bool:
@@ -251,28 +236,31 @@ def _exchange(a: Path, b: Path) -> bool:
     raise OSError(err, os.strerror(err), str(a), None, str(b))
 
 
-def _recover(out: Path) -> None:
+def _recover(out_dir: Path) -> None:
     """Undo or finish a folder swap of :func:`_write_folder` that was killed half-way."""
-    backup = _backup_of(out)
+    backup = _backup_of(out_dir)
     if not os.path.lexists(backup):
         return
-    if not os.path.lexists(out):
-        # Killed between ``out -> backup`` and ``stage -> out``: the backup is the whole old one.
-        os.rename(backup, out)
-        _fsync_dir(out.parent)
+    if not os.path.lexists(out_dir):
+        # Killed between ``out_dir -> backup`` and ``stage -> out_dir``: the backup is the whole
+        # old one.
+        os.rename(backup, out_dir)
+        fsync_dir(out_dir.parent)
         return
     # Killed after the swap, while removing the old folder. Every entry of it that was not the
-    # old report was carried into ``out``; if one is missing, ``out`` is not what the swap made
-    # (say it was created anew), and the backup may hold the user's only copy: keep it.
+    # old report was carried into ``out_dir``; if one is missing, ``out_dir`` is not what the swap
+    # made (say it was created anew), and the backup may hold the user's only copy: keep it.
     ours = _report_names(backup)
     missing = [
-        p.name for p in backup.iterdir() if p.name not in ours and not os.path.lexists(out / p.name)
+        p.name
+        for p in backup.iterdir()
+        if p.name not in ours and not os.path.lexists(out_dir / p.name)
     ]
     if missing:
         msg = (
-            f"out: {out} and {backup.name}, the previous folder kept by an interrupted report "
-            f"write, both exist and only the latter has {sorted(missing)[:5]}; move what you "
-            f"need out of {backup} and delete it"
+            f"out_dir: {out_dir} and {backup.name}, the previous folder kept by an interrupted "
+            f"report write, both exist and only the latter has {sorted(missing)[:5]}; move what "
+            f"you need out of {backup} and delete it"
         )
         raise FileExistsError(msg)
     shutil.rmtree(backup)
@@ -328,35 +316,35 @@ def _carry(src: Path, dst: Path) -> None:
         _link_or_copy(str(src), str(dst))
 
 
-def _new_stage(out: Path) -> Path:
+def _new_stage(out_dir: Path) -> Path:
     # Not tempfile.mkdtemp: its 0700 mode would become the report folder's.
     for _ in range(100):
-        stage = out.with_name(f".{out.name}.{secrets.token_hex(4)}.tmp")
+        stage = out_dir.with_name(f".{out_dir.name}.{secrets.token_hex(4)}.tmp")
         try:
             os.mkdir(stage, 0o777)
         except FileExistsError:
             continue
         return stage
-    msg = f"out: no free name for a staging folder beside {out}"
+    msg = f"out_dir: no free name for a staging folder beside {out_dir}"
     raise FileExistsError(msg)
 
 
-def _write_folder(out: Path, files: dict[str, bytes]) -> None:
-    """Write ``files`` as the report in ``out``; readers see the old report or the new, never a mix.
+def _write_folder(out_dir: Path, files: dict[str, bytes]) -> None:
+    """Write ``files`` as the report in ``out_dir``: readers see the old report or the new one.
 
-    A full new folder is staged beside ``out``: ``files`` plus hard links to (or copies of)
-    every other entry of ``out`` that is not a file of the old report, so old figures go and the
+    A full new folder is staged beside ``out_dir``: ``files`` plus hard links to (or copies of)
+    every other entry of ``out_dir`` that is not a file of the old report, so old figures go and the
     user's files stay. The folders are then swapped in one step (Linux ``renameat2``) or by two
     renames through ``.<name>.old``; a write killed between those is undone by the next one.
     """
-    out = out.resolve()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    _recover(out)
-    exists = os.path.lexists(out)
-    if exists and not out.is_dir():
-        msg = f"out: {out} exists and is not a folder"
+    out_dir = out_dir.resolve()
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    _recover(out_dir)
+    exists = os.path.lexists(out_dir)
+    if exists and not out_dir.is_dir():
+        msg = f"out_dir: {out_dir} exists and is not a folder"
         raise FileExistsError(msg)
-    stage = _new_stage(out)
+    stage = _new_stage(out_dir)
     try:
         for name, payload in files.items():
             with open(stage / name, "wb") as f:
@@ -364,31 +352,31 @@ def _write_folder(out: Path, files: dict[str, bytes]) -> None:
                 f.flush()
                 os.fsync(f.fileno())
         if not exists:
-            _fsync_dir(stage)
-            os.rename(stage, out)
-            _fsync_dir(out.parent)
+            fsync_dir(stage)
+            os.rename(stage, out_dir)
+            fsync_dir(out_dir.parent)
             return
-        shutil.copymode(out, stage)
-        ours = _report_names(out)
-        for entry in sorted(out.iterdir()):
+        shutil.copymode(out_dir, stage)
+        ours = _report_names(out_dir)
+        for entry in sorted(out_dir.iterdir()):
             if entry.name in files:
                 if entry.is_dir() and not entry.is_symlink():
-                    msg = f"out: {entry} is a folder; the report needs that name for a file"
+                    msg = f"out_dir: {entry} is a folder; the report needs that name for a file"
                     raise IsADirectoryError(msg)
             elif entry.name not in ours:
                 _carry(entry, stage / entry.name)
-        _fsync_dir(stage)
-        if _exchange(stage, out):
-            _fsync_dir(out.parent)  # the old folder is now at ``stage``, removed below
+        fsync_dir(stage)
+        if _exchange(stage, out_dir):
+            fsync_dir(out_dir.parent)  # the old folder is now at ``stage``, removed below
             return
-        backup = _backup_of(out)
-        os.rename(out, backup)
+        backup = _backup_of(out_dir)
+        os.rename(out_dir, backup)
         try:
-            os.rename(stage, out)
+            os.rename(stage, out_dir)
         except BaseException:
-            os.rename(backup, out)
+            os.rename(backup, out_dir)
             raise
-        _fsync_dir(out.parent)
+        fsync_dir(out_dir.parent)
         _remove_old(backup)
     finally:
         if os.path.lexists(stage):
@@ -397,7 +385,7 @@ def _write_folder(out: Path, files: dict[str, bytes]) -> None:
 
 def build_report(
     models: Sequence[ModelInput],
-    out: str | os.PathLike[str],
+    out_dir: str | os.PathLike[str],
     *,
     provider: StatsProvider,
     normalization: Normalization | None = None,
@@ -411,7 +399,7 @@ def build_report(
     ----------
     models : sequence of ModelInput
         Resolved inputs with unique names (see :func:`firstlayer.report.resolve_models`).
-    out : path
+    out_dir : path
         Report folder; created, or its report files replaced.
     provider : StatsProvider
         Patch statistics: fixed, or computed from a dataset per kernel size.
@@ -458,7 +446,7 @@ def build_report(
         "data": data,
         **numbers,
     }
-    report = tolist(report)
+    report = jsonable(report)
     figs, pngs = _figures(report, models, say)
     report["figures"] = figs
     from firstlayer.report.html import render_html
@@ -466,10 +454,10 @@ def build_report(
     say("writing the report")
     page = render_html(report, pngs)
     files: dict[str, bytes] = dict(pngs)
-    files["report.json"] = (json.dumps(report, indent=1, allow_nan=False) + "\n").encode()
+    files["report.json"] = (dumps(report) + "\n").encode()
     files["profiles.csv"] = _profiles_csv(report).encode()
     files["index.html"] = page.encode()
-    folder = Path(out)
+    folder = Path(out_dir)
     _write_folder(folder, files)
     return Report(folder=folder, index=folder / "index.html", data=report)
 
@@ -490,13 +478,13 @@ def dataset_description(dataset: str, **options: Any) -> dict[str, Any]:
     dict
         ``name``, and when known ``path``, ``sha256``, ``images``, ``class_names``, ``source``.
     """
-    from firstlayer import sources
+    from firstlayer.sources import open_source, sample_path
 
     desc: dict[str, Any] = {"name": dataset}
     key = dataset.lower()
     path = Path(dataset).expanduser()
     if key in ("sample", "sample-train") and not path.exists():
-        sample = sources._sample_path()
+        sample = sample_path()
         desc["path"] = str(sample)
         desc["sha256"] = file_sha256(sample)
     elif path.is_file():
@@ -504,7 +492,7 @@ def dataset_description(dataset: str, **options: Any) -> dict[str, Any]:
         desc["sha256"] = file_sha256(path)
     elif path.is_dir():
         desc["path"] = str(path.resolve())
-    src = sources.open_source(
+    src = open_source(
         dataset, root=options.get("root"), download=bool(options.get("download", True))
     )
     try:

@@ -9,7 +9,6 @@ a group, because a profile is a list of energies along that group's PCA componen
 from __future__ import annotations
 
 import hashlib
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -19,28 +18,7 @@ import numpy as np
 from firstlayer.report.inputs import NORMALIZATIONS, ModelInput, Normalization
 from firstlayer.stats import PatchStats
 
-__all__ = ["StatsProvider", "compute_report", "stats_sha256", "tolist"]
-
-
-def tolist(a: Any) -> Any:
-    """Turn arrays and numpy scalars into JSON values; NaN and infinity become None."""
-    if isinstance(a, np.ndarray):
-        return [tolist(v) for v in a] if a.ndim > 1 else [_num(v) for v in a.tolist()]
-    if isinstance(a, (list, tuple)):
-        return [tolist(v) for v in a]
-    if isinstance(a, dict):
-        return {str(k): tolist(v) for k, v in a.items()}
-    if isinstance(a, np.generic):
-        return _num(a.item())
-    if isinstance(a, float):
-        return _num(a)
-    return a
-
-
-def _num(v: Any) -> Any:
-    if isinstance(v, float) and not math.isfinite(v):
-        return None
-    return v
+__all__ = ["StatsProvider", "compute_report", "group_stats", "stats_sha256"]
 
 
 def stats_sha256(stats: PatchStats) -> str:
@@ -69,11 +47,12 @@ class StatsProvider:
     stats : PatchStats or None
         Fixed statistics.
     dataset : str or None
-        Dataset name or path for :func:`firstlayer.patch_stats`.
+        Dataset name or path for :func:`firstlayer.streaming.patch_stats`.
     description : dict
         Provenance of the data (name, path, file hashes).
     options : dict
-        Extra keyword arguments for :func:`firstlayer.patch_stats` (root, batch size, quiet...).
+        Extra keyword arguments for :func:`firstlayer.streaming.patch_stats` (root, batch size,
+        quiet...).
     """
 
     stats: PatchStats | None = None
@@ -98,7 +77,7 @@ class StatsProvider:
                 raise ValueError(msg)
             return s
         if kernel_size not in self._cache:
-            from firstlayer.stats import patch_stats
+            from firstlayer.streaming import patch_stats
 
             assert self.dataset is not None
             self._cache[kernel_size] = patch_stats(
@@ -243,7 +222,8 @@ def compute_report(
     Returns
     -------
     dict
-        ``{"groups": [...], "models": [...]}`` with numpy arrays (see :func:`tolist`).
+        ``{"groups": [...], "models": [...]}`` with numpy arrays (see
+        :func:`firstlayer._io.jsonable`).
 
     Raises
     ------

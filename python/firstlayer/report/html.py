@@ -11,7 +11,7 @@ import html
 import json
 from typing import Any
 
-__all__ = ["render_html"]
+__all__ = ["page", "png_data_uri", "render_html"]
 
 _CSS = """
 body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:2em auto;
@@ -58,10 +58,24 @@ def _table(header: list[str], rows: list[list[Any]], numeric: set[int] | None = 
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
-def _figure(fig: dict[str, Any], png: bytes) -> str:
-    data = base64.b64encode(png).decode("ascii")
+def png_data_uri(png: bytes) -> str:
+    """A ``data:`` URI of PNG bytes, for an ``<img src=...>`` that needs no other file."""
+    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
+
+
+def page(title: str, body: str) -> str:
+    """A whole HTML page: the report's head (title, style sheet) around ``body``."""
     return (
-        f'<figure id="fig-{_e(fig["file"])}"><img src="data:image/png;base64,{data}" '
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">'
+        '<link rel="icon" href="data:,">'
+        f"<title>{_e(title)}</title><style>{_CSS}</style></head>\n<body>\n{body}\n</body></html>\n"
+    )
+
+
+def _figure(fig: dict[str, Any], png: bytes) -> str:
+    return (
+        f'<figure id="fig-{_e(fig["file"])}"><img src="{png_data_uri(png)}" '
         f'alt="{_e(fig["title"])}" data-file="{_e(fig["file"])}">'
         f"<figcaption><b>{_e(fig['title'])}.</b> {_e(fig['caption'])} "
         f"(<code>{_e(fig['file'])}</code>)</figcaption></figure>"
@@ -304,10 +318,4 @@ def render_html(report: dict[str, Any], pngs: dict[str, bytes]) -> str:
         '<p class="muted">Every number on this page is in <code>report.json</code>; profiles '
         "are also in <code>profiles.csv</code>.</p>"
     )
-    body = "\n".join(parts)
-    return (
-        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
-        '<meta name="viewport" content="width=device-width, initial-scale=1">'
-        '<link rel="icon" href="data:,">'
-        f"<title>{_e(title)}</title><style>{_CSS}</style></head>\n<body>\n{body}\n</body></html>\n"
-    )
+    return page(title, "\n".join(parts))

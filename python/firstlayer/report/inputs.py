@@ -28,6 +28,8 @@ from typing import Any
 
 import numpy as np
 
+from firstlayer.constants import CIFAR10_MEAN, CIFAR10_STD, IMAGENET_MEAN, IMAGENET_STD
+
 __all__ = [
     "NORMALIZATIONS",
     "ModelInput",
@@ -95,8 +97,8 @@ class Normalization:
 #: Named normalisations: ``none`` maps pixels to [0, 1]; the others are the usual presets.
 NORMALIZATIONS: dict[str, Normalization] = {
     "none": Normalization("none", (0.0,), (1.0,)),
-    "imagenet": Normalization("imagenet", (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
-    "cifar10": Normalization("cifar10", (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+    "imagenet": Normalization("imagenet", IMAGENET_MEAN, IMAGENET_STD),
+    "cifar10": Normalization("cifar10", CIFAR10_MEAN, CIFAR10_STD),
 }
 
 

@@ -9,11 +9,14 @@ figure shows exactly the numbers the JSON holds.
 from __future__ import annotations
 
 import io
+import math
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
 __all__ = [
+    "claims_figure",
     "correlation_figure",
     "dft_figure",
     "eigenspectrum_figure",
@@ -22,6 +25,7 @@ __all__ = [
     "init_figure",
     "labels_figure",
     "profiles_figure",
+    "true_random_figure",
 ]
 
 _DPI = 100
@@ -265,4 +269,49 @@ def labels_figure(group: dict[str, Any], class_names: list[str] | None) -> bytes
     fig.suptitle(
         f"group {group['key']}: max |corr| = {lab['max_abs_coefficient']:.4f}", fontsize=10
     )
+    return _png(fig)
+
+
+def claims_figure(claims: list[dict[str, Any]]) -> bytes:
+    """The paper's number against the measured one for every claim of ``firstlayer reproduce``."""
+    fig = _figure(9.0, 0.32 * len(claims) + 1.2, left=0.07, right=0.98, bottom=0.6 / (
+        0.32 * len(claims) + 1.2), top=0.97)  # fmt: skip
+    ax = fig.add_subplot(1, 1, 1)
+    ys = np.arange(len(claims))[::-1]
+    for y, c in zip(ys, claims, strict=True):
+        ax.errorbar(c["paper"], y + 0.15, xerr=c["paper_spread"] or 0.0, fmt="s", color="0.4",
+                    ms=5, capsize=3, label="paper" if y == ys[0] else None)  # fmt: skip
+        m = c["measured"]
+        if m is not None and math.isfinite(m):
+            color = "tab:green" if c["holds"] else "tab:red"
+            ax.errorbar(m, y - 0.15, xerr=c["spread"] or 0.0, fmt="o", color=color, ms=5,
+                        capsize=3, label="measured" if y == ys[0] else None)  # fmt: skip
+    ax.set_yticks(ys)
+    ax.set_yticklabels([c["id"] for c in claims])
+    ax.axvline(0, color="0.85", lw=0.8)
+    ax.set_xlabel("correlation (paper: grey squares; measured: green holds, red does not)")
+    ax.set_xlim(-1.05, 1.05)
+    return _png(fig)
+
+
+def true_random_figure(
+    true: Sequence[Any], rand: Sequence[Any], curves: Sequence[Any] = ()
+) -> bytes:
+    """Mean energy profiles (+- std) of true- and random-label runs, with the mean fitted curve."""
+    true_a, rand_a = [_arr(v) for v in true], [_arr(v) for v in rand]
+    fig = _figure(7.0, 3.2, left=0.09, bottom=0.15, top=0.92)
+    ax = fig.add_subplot(1, 1, 1)
+    x = np.arange(1, true_a[0].size + 1)
+    for arr, label, color in ((true_a, "true labels", "tab:blue"),
+                              (rand_a, "random labels", "tab:orange")):  # fmt: skip
+        a = np.stack(arr)
+        ax.plot(x, a.mean(0), color=color, label=f"{label} (mean of {len(arr)})")
+        ax.fill_between(x, a.mean(0) - a.std(0), a.mean(0) + a.std(0), color=color, alpha=0.2)
+    if len(curves):
+        ax.plot(x, np.stack([_arr(c) for c in curves]).mean(0), "k--",
+                label="linear-CNN formula (fitted)")  # fmt: skip
+    ax.set_xlabel("PCA component")
+    ax.set_ylabel("energy (max-normalised)")
+    ax.set_title("Energy profiles (cf. the paper's Figs. 3 and 7)")
+    ax.legend(fontsize=8)
     return _png(fig)

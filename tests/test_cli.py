@@ -73,6 +73,9 @@ def test_consistent_options(capsys: pytest.CaptureFixture[str]) -> None:
         assert "--dataset D, --data D" in helps[c], c
     for c in ("stats", "spectrum", "profile", "fit", "compare", "demo", "train"):
         assert "--out" in helps[c], c
+        # One flag for every result, a file or a folder (the API's out_dir= for folders).
+        kind = "file" if c in ("stats", "spectrum", "profile", "fit") else "folder"
+        assert f"output {kind}" in helps[c], c
     for c in ("train", "demo"):
         assert "--device" in helps[c], c
     assert "--kernel-size" in helps["stats"]

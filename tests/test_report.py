@@ -109,6 +109,57 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     }
 
 
+def add_snapshots(run: Path, final: np.ndarray, steps: list[int], acc: float) -> None:
+    """Snapshots on the straight line from init to ``final``, bent so that the profile moves."""
+    from firstlayer.train.runs import RunDir
+
+    rd = RunDir(run)
+    init = np.load(run / "first_layer_init.npy").astype(np.float64)
+    rng = np.random.default_rng(len(steps))
+    bend = rng.normal(scale=0.02, size=init.shape)
+    for s in [0, *steps]:
+        w = s / steps[-1]
+        rd.write_snapshot(s, (init + w * (final - init) + w * (1 - w) * bend).astype(np.float32))
+    rd.write_metrics([{"epoch": 1, "step": steps[-1], "train_acc": acc}])
+
+
+def test_report_pairs_runs_along_training(tmp_path: Path) -> None:
+    from firstlayer._io import jsonable
+    from firstlayer.trajectory import SETTLE_RULE, compare_runs, run_trajectory
+
+    run_true, run_random = make_runs(tmp_path)
+    for run, acc in ((run_true, 0.5), (run_random, 0.1)):
+        final = np.load(run / "first_layer_final.npy").astype(np.float64)
+        add_snapshots(run, final, [1, 3, 10, 30, 100], acc)
+    models = resolve_models([str(run_true), str(run_random)])
+    provider = StatsProvider(
+        dataset="sample", description=dataset_description("sample"), options={"quiet": True}
+    )
+    rep = build_report(models, tmp_path / "out", provider=provider, command=["x"])
+    data = json.loads((tmp_path / "out" / "report.json").read_text())
+    # The same numbers through the Python API, on the statistics the runs saw.
+    images, _, _ = load_sample("test")
+    x = images.astype(np.float64) / 255
+    st = patch_stats(images, 3).normalized(x.mean(axis=(0, 2, 3)), x.std(axis=(0, 2, 3)), 1 / 255)
+    want = compare_runs(run_trajectory(run_true, st), run_trajectory(run_random, st)).to_dict()
+    regimes = want.pop("regime")
+    want["group"] = data["groups"][0]["key"]
+    assert len(data["pairs"]) == 1
+    n = assert_tree(data["pairs"][0], json.loads(json.dumps(jsonable(want))))
+    assert n > 20
+    assert data["pairs"][0]["aligned"]["beyond_paper"] is True
+    assert data["pairs"][0]["trajectory"]["step"] == [1, 3, 10, 30, 100]
+    for m, key in zip(data["models"], ("a", "b"), strict=True):
+        g = {**regimes[key], "rule": SETTLE_RULE}
+        assert_tree(m["regime"], json.loads(json.dumps(jsonable(g))))
+    assert data["models"][0]["regime"]["train_acc"] == 0.5
+    page = (tmp_path / "out" / "index.html").read_text()
+    assert "Along training (an extension beyond the paper)" in page
+    assert "at matched fitted eta*t" in page and SETTLE_RULE in html.unescape(page)
+    fig = [f for f in rep.data["figures"] if f["section"] == "trajectory"]
+    assert len(fig) == 1 and (tmp_path / "out" / fig[0]["file"]).is_file()
+
+
 # --------------------------------------------------------------------------------------------
 # Every number, recomputed with the public API
 # --------------------------------------------------------------------------------------------

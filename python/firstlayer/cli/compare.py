@@ -74,12 +74,37 @@ def run(args: argparse.Namespace) -> int:
             lines.append(
                 f"  group {g['key']}: profile correlations {off.min():.4f} .. {off.max():.4f}"
             )
+    for p in report.data.get("pairs", []):
+        tr, al = p["trajectory"], p["aligned"]
+        line = f"  {p['a']} vs {p['b']}: r = {p['final']:.4f} at the end"
+        if tr["correlation"]:
+            line += (
+                f", {min(tr['correlation']):.4f}..{max(tr['correlation']):.4f} over "
+                f"{len(tr['step'])} matched steps"
+            )
+        if al["correlation"]:
+            line += (
+                f"; at matched fitted eta*t (beyond the paper) r = {al['correlation'][-1]:.4f} "
+                f"at eta*t = {al['eta_t'][-1]:.3g}"
+            )
+        lines.append(line)
+    for m in report.data["models"]:
+        g = m.get("regime")
+        if g:
+            acc = "n/a" if g["train_acc"] is None else f"{g['train_acc']:.1%}"
+            lines.append(
+                f"  {m['name']}: train acc {acc}, fitted eta*t {g['eta_t']:.3g}, "
+                f"|W - W0|/|W0| {g['relative_change']:.3g}, {g['settling']}"
+            )
     payload = {
         "index": str(report.index),
         "report_json": str(report.folder / "report.json"),
         "profiles_csv": str(report.folder / "profiles.csv"),
         "figures": [f["file"] for f in report.data["figures"]],
         "fits": fits,
-    }
+        "pairs": [{k: p[k] for k in ("a", "b", "final", "trajectory", "aligned")}
+                  for p in report.data.get("pairs", [])],
+        "regimes": {m["name"]: m["regime"] for m in report.data["models"] if m.get("regime")},
+    }  # fmt: skip
     emit(args, "\n".join(lines), payload)
     return 0

@@ -172,7 +172,44 @@ def _figures(
             plots.filters_figure(m["name"], mi.weight, mi.init),
             model=m["name"],
         )
+    pairs = report.get("pairs") or []
+    if pairs:
+        from firstlayer.report.trajectory_plots import pair_trajectories_figure
+
+        say("plots along training")
+        for key in dict.fromkeys(p["group"] for p in pairs):
+            chosen = _figure_pairs([p for p in pairs if p["group"] == key], by_name)
+            add(
+                "trajectory",
+                f"trajectory_{_slug(key)}",
+                f"Along training, group {key}",
+                "Left: profile correlation of two runs at the same optimiser steps (the paper's "
+                "end-of-training number, read at every snapshot). Right: at matched fitted "
+                "eta*t, each run's profile interpolated between its snapshots (an extension "
+                "beyond the paper). Values: report.json pairs[].trajectory and pairs[].aligned"
+                + (f"; {len(chosen)} of {sum(p['group'] == key for p in pairs)} pairs drawn."
+                   if len(chosen) < sum(p["group"] == key for p in pairs) else "."),
+                pair_trajectories_figure(chosen),
+                group=key,
+            )  # fmt: skip
     return figs, pngs
+
+
+def _figure_pairs(
+    pairs: list[dict[str, Any]], by_name: dict[str, dict[str, Any]], most: int = 8
+) -> list[dict[str, Any]]:
+    """At most ``most`` pairs to draw: runs that differ in their labels (true vs random) first,
+    then pairs of one seed, then the rest, in report order."""
+
+    def meta(name: str, key: str) -> Any:
+        return by_name.get(name, {}).get("meta", {}).get(key)
+
+    def rank(p: dict[str, Any]) -> int:
+        labels_differ = meta(p["a"], "labels") != meta(p["b"], "labels")
+        same_seed = meta(p["a"], "seed") == meta(p["b"], "seed")
+        return 0 if labels_differ and same_seed else 1 if labels_differ else 2 if same_seed else 3
+
+    return sorted(pairs, key=rank)[:most]
 
 
 def _profiles_csv(report: dict[str, Any]) -> str:

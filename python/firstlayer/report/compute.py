@@ -222,8 +222,11 @@ def compute_report(
     Returns
     -------
     dict
-        ``{"groups": [...], "models": [...]}`` with numpy arrays (see
-        :func:`firstlayer._io.jsonable`).
+        ``{"groups": [...], "models": [...], "pairs": [...]}`` with numpy arrays (see
+        :func:`firstlayer._io.jsonable`). ``pairs`` holds, for every two training runs of a
+        group, ``trajectory`` (step, correlation, each run's fitted ``eta_t``) and ``aligned``
+        (``eta_t``, correlation; beyond the paper), and each run's model block gains ``regime``
+        (:func:`firstlayer.trajectory.compare_runs`).
 
     Raises
     ------
@@ -269,4 +272,45 @@ def compute_report(
     for g in groups.values():
         profiles = [by_name[n]["profile"] for n in g["models"]]
         g["correlation"] = correlation_matrix(profiles)
-    return {"groups": list(groups.values()), "models": out_models}
+    pairs = _trajectory_blocks(models, group_of, group_st, by_name, say)
+    return {"groups": list(groups.values()), "models": out_models, "pairs": pairs}
+
+
+def _trajectory_blocks(
+    models: list[ModelInput],
+    group_of: dict[str, str],
+    group_st: dict[str, PatchStats],
+    by_name: dict[str, dict[str, Any]],
+    say: Callable[[str], None],
+) -> list[dict[str, Any]]:
+    """Each run's regime (``models[].regime``) and, for every pair of runs of a group, the
+    comparison along training (``trajectory``) and at matched fitted eta*t (``aligned``).
+
+    Only training-run folders carry snapshots; other inputs get neither block.
+    """
+    from pathlib import Path
+
+    from firstlayer.trajectory import SETTLE_RULE, compare_runs, run_trajectory
+
+    trajs: dict[str, Any] = {}
+    for m in models:
+        if m.kind != "run":
+            continue
+        say(f"trajectory of {m.name}")
+        try:
+            t = run_trajectory(Path(m.spec), group_st[group_of[m.name]], name=m.name)
+        except FileNotFoundError:  # a run trained without snapshots
+            continue
+        trajs[m.name] = t
+        by_name[m.name]["regime"] = {**t.regime(), "rule": SETTLE_RULE}
+    pairs = []
+    names = list(trajs)
+    for i, a in enumerate(names):
+        for b in names[i + 1 :]:
+            if group_of[a] != group_of[b]:
+                continue
+            block = compare_runs(trajs[a], trajs[b]).to_dict()
+            block["group"] = group_of[a]
+            block.pop("regime")  # each run's regime is in models[].regime
+            pairs.append(block)
+    return pairs

@@ -124,6 +124,7 @@ def render_html(report: dict[str, Any], pngs: dict[str, bytes]) -> str:
         ("filters", "Filters"),
         ("patches", "Patch spectrum"),
         ("labels", "Label check"),
+        ("trajectory", "Along training"),
         ("provenance", "Provenance"),
     ]
     parts.append("<nav>" + "".join(f'<a href="#{a}">{_e(t)}</a>' for a, t in nav) + "</nav>")
@@ -299,6 +300,8 @@ def render_html(report: dict[str, Any], pngs: dict[str, bytes]) -> str:
     else:
         parts.append("<p>The statistics carry no labels, so the check was not run.</p>")
 
+    parts.append(_trajectory_section(report, section_figs("trajectory")))
+
     parts.append('<h2 id="provenance">Provenance</h2>')
     prov = report["provenance"]
     parts.append("<p>Command line: <code>" + _e(" ".join(report["command"])) + "</code></p>")
@@ -319,3 +322,86 @@ def render_html(report: dict[str, Any], pngs: dict[str, bytes]) -> str:
         "are also in <code>profiles.csv</code>.</p>"
     )
     return page(title, "\n".join(parts))
+
+
+def _trajectory_section(report: dict[str, Any], figures: str) -> str:
+    """Each run's regime and every pair of runs along training (``models[].regime``, ``pairs``)."""
+    from firstlayer.trajectory import SETTLE_RULE
+
+    parts = ['<h2 id="trajectory">Along training (an extension beyond the paper)</h2>']
+    regimes = [m["regime"] for m in report["models"] if m.get("regime")]
+    if not regimes:
+        parts.append(
+            "<p>No input is a training run with first-layer snapshots, so nothing is shown "
+            "along training.</p>"
+        )
+        return "\n".join(parts)
+    parts.append(
+        "<p>The paper reads its numbers at the end of training. A network's profile moves along "
+        "the linear theory's one-parameter family in <i>eta*t</i> as it trains, at a rate of its "
+        "own, so each run's regime is shown (where it ended), and each pair of runs is compared "
+        "at every recorded step and, beyond the paper, at matched fitted <i>eta*t</i>. Settling "
+        f"rule: {_e(SETTLE_RULE)}.</p>"
+    )
+    rows = [
+        [
+            g["name"],
+            g["steps"],
+            g["train_acc"],
+            g["eta_t"],
+            g["fit_correlation"],
+            g["relative_change"],
+            g["settle_change"],
+            "yes" if g["settled"] else "no",
+        ]
+        for g in regimes
+    ]
+    parts.append(
+        _table(
+            [
+                "run",
+                "steps",
+                "train acc",
+                "fitted eta*t",
+                "fit r",
+                "|W - W0| / |W0|",
+                "change, last 20%",
+                "settled",
+            ],
+            rows,
+            {1, 2, 3, 4, 5, 6},
+        )  # fmt: skip
+    )
+    pairs = report.get("pairs") or []
+    if pairs:
+        prow = []
+        for p in pairs:
+            tr, al = p["trajectory"], p["aligned"]
+            prow.append(
+                [
+                    p["a"],
+                    p["b"],
+                    p["final"],
+                    min(tr["correlation"]) if tr["correlation"] else None,
+                    al["eta_t"][-1] if al["eta_t"] else None,
+                    al["correlation"][-1] if al["correlation"] else None,
+                    min(al["correlation"]) if al["correlation"] else None,
+                ]
+            )
+        parts.append(
+            _table(
+                [
+                    "run a",
+                    "run b",
+                    "r at the end",
+                    "min r over matched steps",
+                    "largest common eta*t",
+                    "r there (aligned)",
+                    "min r aligned",
+                ],
+                prow,
+                {2, 3, 4, 5, 6},
+            )  # fmt: skip
+        )
+    parts.append(figures)
+    return "\n".join(parts)

@@ -53,6 +53,7 @@ _LAZY = {
     "whitening": "firstlayer.whitening",
     "filters": "firstlayer.filters",
     "train": "firstlayer.train",  # a callable package: firstlayer.train(...) trains
+    "track": "firstlayer.train.tracker",  # firstlayer.track(model, out_dir=...) (imports torch)
     "distributed": "firstlayer.distributed",
     "report": "firstlayer.report",
     "reproduce": "firstlayer.reproduce",

@@ -1,5 +1,9 @@
 """The figures of a comparison report, drawn with matplotlib's Agg canvas into PNG bytes.
 
+The figures that results also show through ``.plot()`` (profiles, correlation, DFT, theory fit,
+filters, eigenspectrum) are drawn by :mod:`firstlayer._display`, one implementation for both;
+here they are fed the blocks of ``report.json`` and encoded as PNG.
+
 matplotlib is imported inside the functions (``import firstlayer`` stays light), and only its
 object-oriented API is used: no pyplot, no global backend switch, no state shared with the caller.
 Each function takes the blocks of ``report.json`` (see :mod:`firstlayer.report.compute`) so that a
@@ -8,12 +12,24 @@ figure shows exactly the numbers the JSON holds.
 
 from __future__ import annotations
 
-import io
 import math
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+
+from firstlayer._display import (
+    DPI,
+    draw_correlation,
+    draw_dft,
+    draw_eigenspectrum,
+    draw_filters,
+    draw_fit,
+    draw_profiles,
+    mosaic,
+    new_figure,
+    png_bytes,
+)
 
 __all__ = [
     "claims_figure",
@@ -28,27 +44,16 @@ __all__ = [
     "true_random_figure",
 ]
 
-_DPI = 100
+_DPI = DPI
 
 
 def _figure(width: float, height: float, **margins: float) -> Any:
-    """Make a figure with fixed margins (no layout engine: constrained layout doubles the time)."""
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(width, height), dpi=_DPI)
-    adjust = {"left": 0.07, "right": 0.97, "bottom": 0.15, "top": 0.85, "wspace": 0.25}
-    adjust.update(margins)
-    fig.subplots_adjust(**adjust)
-    return fig
+    """A figure with fixed margins (:func:`firstlayer._display.new_figure`)."""
+    return new_figure(width, height, **margins)
 
 
 def _png(fig: Any) -> bytes:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-
-    FigureCanvasAgg(fig)
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=_DPI, metadata={"Software": None})
-    return buf.getvalue()
+    return png_bytes(fig)
 
 
 def _arr(v: Any) -> np.ndarray:
@@ -57,72 +62,21 @@ def _arr(v: Any) -> np.ndarray:
 
 def profiles_figure(group: dict[str, Any], models: list[dict[str, Any]]) -> bytes:
     """Energy profiles of a group's models in its PCA basis, on linear and log axes."""
-    fig = _figure(11, 4)
-    axes = fig.subplots(1, 2)
-    for scale, ax in zip(("linear", "log"), axes, strict=True):
-        for m in models:
-            p = _arr(m["profile"])
-            x = np.arange(1, p.size + 1)
-            y = np.where(p > 0, p, np.nan) if scale == "log" else p
-            ax.plot(x, y, marker=".", label=m["name"])
-        ax.set_yscale(scale)
-        ax.set_xlabel("PCA component (most variance first)")
-        ax.set_ylabel("energy (max-normalised)")
-        ax.set_title(f"energy profiles, {scale} axis")
-        ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=8)
-    fig.suptitle(f"group {group['key']}: {group['count']:,} patches")
-    return _png(fig)
+    pairs = [(m["name"], m["profile"]) for m in models]
+    return _png(draw_profiles(pairs, f"group {group['key']}: {group['count']:,} patches"))
 
 
 def correlation_figure(group: dict[str, Any]) -> bytes:
     """Pearson correlation matrix of the group's profiles, with the values written in."""
-    r = _arr(group["correlation"])
-    names = group["models"]
-    n = len(names)
-    size = max(3.5, 1.0 + 0.8 * n)
-    fig = _figure(size + 1.2, size, left=0.25, bottom=0.25, top=0.9, right=0.95)
-    ax = fig.subplots()
-    im = ax.imshow(r, vmin=-1, vmax=1, cmap="RdBu_r")
-    ax.set_xticks(range(n), names, rotation=45, ha="right", fontsize=8)
-    ax.set_yticks(range(n), names, fontsize=8)
-    for i in range(n):
-        for j in range(n):
-            ax.text(j, i, f"{r[i, j]:.3f}", ha="center", va="center", fontsize=8)
-    fig.colorbar(im, ax=ax, shrink=0.8)
-    ax.set_title("profile correlation")
-    return _png(fig)
+    return _png(draw_correlation(group["correlation"], group["models"]))
 
 
 def dft_figure(model: dict[str, Any]) -> bytes:
     """Draw a model's filter energy per 2D frequency: summed, per channel, radial average."""
     dft = model["dft"]
-    total = _arr(dft["total"])
-    per = _arr(dft["per_channel"])
-    chans = per.shape[0] if per.shape[0] <= 4 else 0
-    fig = _figure(2.6 * (2 + chans), 2.9, left=0.05, bottom=0.2, top=0.82, wspace=0.45)
-    axes = fig.subplots(1, 2 + chans)
-    maps = [("all channels", total)] + [(f"channel {c}", per[c]) for c in range(chans)]
-    k = total.shape[0]
-    freqs = np.fft.fftshift(np.fft.fftfreq(k))
-    extent = (freqs[0] - 0.5 / k, freqs[-1] + 0.5 / k, freqs[-1] + 0.5 / k, freqs[0] - 0.5 / k)
-    vmax = float(total.max()) or 1.0
-    for ax, (title, m) in zip(axes, maps, strict=False):
-        im = ax.imshow(np.fft.fftshift(m), cmap="magma", vmin=0, vmax=vmax, extent=extent)
-        ax.set_title(title, fontsize=9)
-        ax.set_xlabel("fx (cycles/px)", fontsize=8)
-        ax.set_ylabel("fy", fontsize=8)
-        ax.tick_params(labelsize=7)
-    fig.colorbar(im, ax=list(axes[: len(maps)]), shrink=0.8)
-    ax = axes[-1]
-    ax.plot(_arr(dft["radii"]), _arr(dft["radial"]), marker="o")
-    ax.set_xlabel("radial frequency (cycles/px)", fontsize=8)
-    ax.set_title("radial average", fontsize=9)
-    ax.tick_params(labelsize=7)
-    ax.grid(alpha=0.3)
     what = "final - init" if model["init_known"] else "weights"
-    fig.suptitle(f"{model['name']}: DFT energy of {what}", fontsize=10)
-    return _png(fig)
+    title = f"{model['name']}: DFT energy of {what}"
+    return _png(draw_dft(dft["total"], dft["per_channel"], dft["radii"], dft["radial"], title))
 
 
 def init_figure(model: dict[str, Any]) -> bytes:
@@ -158,88 +112,28 @@ def init_figure(model: dict[str, Any]) -> bytes:
 def fit_figure(model: dict[str, Any]) -> bytes:
     """Draw a model's profile with the fitted linear-CNN theory curve."""
     f = model["fit"]
-    p = _arr(model["profile"])
-    curve = _arr(f["curve"])
-    x = np.arange(1, p.size + 1)
-    fig = _figure(11, 3.8)
-    axes = fig.subplots(1, 2)
-    for scale, ax in zip(("linear", "log"), axes, strict=True):
-        y1 = np.where(p > 0, p, np.nan) if scale == "log" else p
-        y2 = np.where(curve > 0, curve, np.nan) if scale == "log" else curve
-        ax.plot(x, y1, "o", label="network")
-        ax.plot(x, y2, "-", label="linear theory")
-        ax.set_yscale(scale)
-        ax.set_xlabel("PCA component")
-        ax.set_ylabel("energy (max-normalised)")
-        ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=8)
-    fig.suptitle(
+    title = (
         f"{model['name']}: theory fit t = {f['t']:.4g} (eta*t = {f['eta_t']:.4g}), "
-        f"r = {f['correlation']:.4f}",
-        fontsize=10,
+        f"r = {f['correlation']:.4f}"
     )
-    return _png(fig)
+    return _png(draw_fit(model["profile"], f["curve"], title))
 
 
 def _mosaic(w: np.ndarray) -> np.ndarray:
-    """Tile a (F, C, k, k) bank into an image; each filter scaled symmetrically around grey."""
-    f, c, k, _ = w.shape
-    cols = int(np.ceil(np.sqrt(f)))
-    rows = int(np.ceil(f / cols))
-    show = w if c == 3 else w.mean(axis=1, keepdims=True)
-    ch = show.shape[1]
-    pad = 1
-    out = np.ones(((k + pad) * rows + pad, (k + pad) * cols + pad, 3))
-    for i in range(f):
-        r, q = divmod(i, cols)
-        tile = show[i]
-        m = float(np.abs(tile).max()) or 1.0
-        tile = 0.5 + 0.5 * tile / m
-        img = np.repeat(tile, 3, axis=0) if ch == 1 else tile
-        y, x = pad + r * (k + pad), pad + q * (k + pad)
-        out[y : y + k, x : x + k] = img.transpose(1, 2, 0)
-    return out
+    """Tile a (F, C, k, k) bank into an image (:func:`firstlayer._display.mosaic`)."""
+    return mosaic(w)
 
 
 def filters_figure(name: str, weight: np.ndarray, init: np.ndarray | None) -> bytes:
     """Draw the first-layer filters as an image grid (and their change from init when known)."""
-    banks = [("final weights", weight)]
-    if init is not None:
-        banks.append(("final - init", weight - init))
-    fig = _figure(4.2 * len(banks), 4.6, left=0.02, right=0.98, bottom=0.02, top=0.88)
-    axes = np.atleast_1d(fig.subplots(1, len(banks)))
-    for ax, (title, w) in zip(axes, banks, strict=True):
-        ax.imshow(_mosaic(w), interpolation="nearest")
-        ax.set_title(title, fontsize=9)
-        ax.set_axis_off()
-    f, c, k, _ = weight.shape
-    fig.suptitle(f"{name}: {f} filters of {c}x{k}x{k}", fontsize=10)
-    return _png(fig)
+    return _png(draw_filters(name, weight, init))
 
 
 def eigenspectrum_figure(group: dict[str, Any]) -> bytes:
     """Draw the patch eigenvalues, their cumulative share and the patch power spectrum."""
-    ev = _arr(group["eigenvalues"])
-    ratio = _arr(group["explained_variance_ratio"])
-    spec = _arr(group["patch_power_spectrum"]).sum(axis=0)
-    x = np.arange(1, ev.size + 1)
-    fig = _figure(12, 3.6, wspace=0.3)
-    axes = fig.subplots(1, 3)
-    axes[0].semilogy(x, np.where(ev > 0, ev, np.nan), marker=".")
-    axes[0].set_title("patch PCA eigenvalues", fontsize=9)
-    axes[0].set_xlabel("component")
-    axes[0].grid(alpha=0.3)
-    axes[1].plot(x, np.cumsum(ratio), marker=".")
-    axes[1].set_ylim(0, 1.02)
-    axes[1].set_title("cumulative explained variance", fontsize=9)
-    axes[1].set_xlabel("components")
-    axes[1].grid(alpha=0.3)
-    im = axes[2].imshow(np.log10(np.maximum(np.fft.fftshift(spec), 1e-300)), cmap="viridis")
-    axes[2].set_title("patch DFT power, log10 (centre = DC)", fontsize=9)
-    axes[2].set_axis_off()
-    fig.colorbar(im, ax=axes[2], shrink=0.8)
-    fig.suptitle(f"group {group['key']}: {group['count']:,} patches", fontsize=10)
-    return _png(fig)
+    title = f"group {group['key']}: {group['count']:,} patches"
+    return _png(draw_eigenspectrum(group["eigenvalues"], group["explained_variance_ratio"],
+                                   group["patch_power_spectrum"], title))  # fmt: skip
 
 
 def labels_figure(group: dict[str, Any], class_names: list[str] | None) -> bytes:

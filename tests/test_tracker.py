@@ -80,7 +80,8 @@ def test_plain_loop_three_lines_make_a_run_that_compare_reports(
         step += 1
         seen[step] = conv.weight.detach().numpy().copy()
         if step % 8 == 0:
-            tracker.log(epoch=epoch + 1, train_loss=float(loss.detach()))
+            acc = float((model(xb).argmax(1) == yb).float().mean())
+            tracker.log(epoch=epoch + 1, train_loss=float(loss.detach()), train_acc=acc)
     tracker.close()  # line 3
 
     run = RunDir(tmp_path / "run")
@@ -102,6 +103,8 @@ def test_plain_loop_three_lines_make_a_run_that_compare_reports(
     (m,) = data["models"]
     assert m["name"] == "run" and m["init_known"] is True
     assert "t" in m["fit"] and np.isfinite(m["fit"]["correlation"])
+    # the trajectory part of the report: the run's regime at its last snapshot
+    assert m["regime"]["steps"] == 16 and m["regime"]["train_acc"] == acc
     assert (tmp_path / "report" / "index.html").is_file()
 
 
@@ -296,6 +299,7 @@ def test_lightning_trainer_with_the_callback_makes_a_reportable_run(
 
     data = compare_report(capsys, tmp_path / "run", tmp_path / "report")
     assert [m["name"] for m in data["models"]] == ["run"]
+    assert data["models"][0]["regime"]["steps"] == 16
 
     # TensorBoard got the fitted eta*t and r at every snapshot after step 0, and the image
     events = EventAccumulator(str(tmp_path / "tb"), size_guidance={"images": 0})

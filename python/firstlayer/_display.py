@@ -21,6 +21,10 @@ import numpy as np
 
 __all__ = [
     "DPI",
+    "comparison_figure",
+    "comparison_rows",
+    "dft_figure",
+    "dft_rows",
     "draw_correlation",
     "draw_dft",
     "draw_eigenspectrum",
@@ -28,10 +32,16 @@ __all__ = [
     "draw_fit",
     "draw_profiles",
     "figure_rgb",
+    "fit_figure",
+    "fit_rows",
     "html_table",
     "mosaic",
     "new_figure",
     "png_bytes",
+    "stats_figure",
+    "stats_rows",
+    "trajectory_figure",
+    "trajectory_rows",
 ]
 
 DPI = 100
@@ -246,3 +256,140 @@ def html_table(title: str, rows: Sequence[tuple[str, Any]]) -> str:
         for k, v in rows
     )
     return f"<div><strong>{html.escape(title)}</strong><table>{body}</table></div>"
+
+
+# -- the results' own views (the objects are taken as they come: no import of their modules) ---
+
+
+def _eigenvalues(stats: Any) -> np.ndarray:
+    pca = stats.pca
+    return np.asarray((pca() if callable(pca) else pca).eigenvalues)  # a method or a property
+
+
+def stats_rows(stats: Any) -> list[tuple[str, Any]]:
+    """The key numbers of a :class:`~firstlayer.stats.PatchStats`."""
+    rows: list[tuple[str, Any]] = [
+        ("patch", f"{stats.channels} x {stats.kernel_size} x {stats.kernel_size}"),
+        ("stride, padding", f"{stats.stride}, {stats.padding}"),
+        ("images", int(stats.n_images)),
+        ("patches", int(stats.count)),
+        ("sums", "exact uint8 sums" if stats.exact else "float64 sums"),
+    ]
+    if stats.transform is not None:
+        t = stats.transform
+        rows.append(("normalized", f"mean {t.get('mean')}, std {t.get('std')}"))
+    if len(stats.class_counts):
+        rows.append(("classes", len(stats.class_counts)))
+    if stats.count > 1 and stats.dim <= 1024:  # an eigendecomposition of at most 1024 x 1024
+        ev = _eigenvalues(stats)
+        total = float(ev.sum())
+        if total > 0:
+            share = np.cumsum(ev)[: min(3, ev.size)] / total
+            rows.append(("variance in PCs 1..3", ", ".join(f"{s:.3f}" for s in share)))
+    if stats.skipped:
+        rows.append(("skipped inputs", len(stats.skipped)))
+    return rows
+
+
+def stats_figure(stats: Any) -> Any:
+    """Eigenvalues, explained variance and patch power spectrum (the report's figure)."""
+    ev = _eigenvalues(stats)
+    total = float(ev.sum())
+    ratio = ev / total if total > 0 else np.zeros_like(ev)
+    k, c = stats.kernel_size, stats.channels
+    title = f"{c}x{k}x{k} patches: {int(stats.count):,} from {int(stats.n_images):,} images"
+    return draw_eigenspectrum(ev, ratio, stats.spectrum(), title)
+
+
+def dft_rows(p: Any) -> list[tuple[str, Any]]:
+    """The key numbers of a :class:`~firstlayer.profile.DFTProfile`."""
+    total = np.asarray(p.total, dtype=np.float64)
+    power = total**2
+    radial = np.asarray(p.radial, dtype=np.float64)
+    return [
+        ("kernel", f"{p.per_channel.shape[0]} channels x {total.shape[0]} x {total.shape[1]}"),
+        ("share of power at DC", float(power[0, 0] / power.sum()) if power.sum() > 0 else 0.0),
+        ("peak radial frequency", float(np.asarray(p.radii)[int(np.argmax(radial))])),
+        ("radial average", radial),
+    ]
+
+
+def dft_figure(p: Any, title: str = "DFT energy of the filters") -> Any:
+    """The report's DFT figure of a :class:`~firstlayer.profile.DFTProfile`."""
+    return draw_dft(p.total, p.per_channel, p.radii, p.radial, title)
+
+
+def fit_rows(r: Any) -> list[tuple[str, Any]]:
+    """The key numbers of a :class:`~firstlayer.theory.FitResult`."""
+    return [
+        ("eta * t", float(r.eta_t)),
+        ("t", float(r.t)),
+        ("eta", float(r.eta)),
+        ("correlation r", float(r.correlation)),
+        ("components", int(np.asarray(r.curve).size)),
+    ]
+
+
+def fit_figure(r: Any, profile: Any = None, title: str | None = None) -> Any:
+    """The report's theory-fit figure: the profile (when given) and the fitted curve."""
+    if title is None:
+        title = f"theory fit t = {r.t:.4g} (eta*t = {r.eta_t:.4g}), r = {r.correlation:.4f}"
+    return draw_fit(profile, r.curve, title)
+
+
+def trajectory_rows(t: Any) -> list[tuple[str, Any]]:
+    """The key numbers of a :class:`~firstlayer.trajectory.Trajectory` (where the run ended)."""
+    g = t.regime()
+    return [
+        ("run", t.name),
+        ("snapshots", int(np.asarray(t.steps).size)),
+        ("last step", g["steps"]),
+        ("train accuracy", g["train_acc"]),
+        ("fitted eta*t", g["eta_t"]),
+        ("fit r", g["fit_correlation"]),
+        ("|W - W0| / |W0|", g["relative_change"]),
+        ("settling", g["settling"]),
+    ]
+
+
+def trajectory_figure(t: Any) -> Any:
+    """Fitted ``eta*t`` and the fit's r along training, against the step (log axes)."""
+    steps = np.asarray(t.steps, dtype=np.float64)
+    fig = new_figure(11, 3.6, wspace=0.3)
+    axes = fig.subplots(1, 2)
+    axes[0].loglog(steps, np.where(t.eta_t > 0, t.eta_t, np.nan), marker=".")
+    axes[0].set_ylabel("fitted eta*t")
+    axes[1].semilogx(steps, t.fit_correlation, marker=".")
+    axes[1].set_ylabel("theory fit r")
+    for ax in axes:
+        ax.set_xlabel("optimizer step")
+        ax.grid(alpha=0.3)
+    fig.suptitle(f"{t.name}: the first layer along training", fontsize=10)
+    return fig
+
+
+def comparison_rows(c: Any) -> list[tuple[str, Any]]:
+    """The key numbers of a :class:`~firstlayer.trajectory.RunComparison`."""
+    return [
+        ("runs", f"{c.a.name} vs {c.b.name}"),
+        ("profile r at the end", float(c.final)),
+        ("matched steps", int(np.asarray(c.steps).size)),
+        ("r at matched eta*t (last)", float(c.aligned_last)),
+        (f"{c.a.name} fitted eta*t", c.a.regime()["eta_t"]),
+        (f"{c.b.name} fitted eta*t", c.b.regime()["eta_t"]),
+    ]
+
+
+def comparison_figure(c: Any) -> Any:
+    """Profile correlation of two runs at matched steps and at matched fitted ``eta*t``."""
+    fig = new_figure(11, 3.6, wspace=0.3)
+    axes = fig.subplots(1, 2)
+    axes[0].semilogx(np.asarray(c.steps, dtype=np.float64), c.correlation, marker=".")
+    axes[0].set_xlabel("optimizer step (matched)")
+    axes[1].semilogx(c.aligned_eta_t, c.aligned_correlation, marker=".")
+    axes[1].set_xlabel("fitted eta*t (matched; beyond the paper)")
+    for ax in axes:
+        ax.set_ylabel("profile correlation")
+        ax.grid(alpha=0.3)
+    fig.suptitle(f"{c.a.name} vs {c.b.name}: r = {c.final:.3f} at the end", fontsize=10)
+    return fig

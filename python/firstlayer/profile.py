@@ -283,6 +283,18 @@ class DFTProfile:
     radii: np.ndarray
     radial: np.ndarray
 
+    def _repr_html_(self) -> str:
+        """The key numbers as a table (how Jupyter shows the profile)."""
+        from firstlayer._display import dft_rows, html_table
+
+        return html_table("DFTProfile", dft_rows(self))
+
+    def plot(self, title: str = "DFT energy of the filters") -> Any:
+        """The report's DFT figure (a matplotlib ``Figure``): per channel, summed, radial."""
+        from firstlayer._display import dft_figure
+
+        return dft_figure(self, title)
+
 
 def radial_average(power: Any, *, decimals: int = 9) -> tuple[np.ndarray, np.ndarray]:
     """Average a (…, kh, kw) map in ``numpy.fft`` frequency order over rings of equal radius.

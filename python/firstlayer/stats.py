@@ -617,6 +617,18 @@ class PatchStats:
             f"images={self.n_images:,}, patches={self.count:,}, {kind}{extra})"
         )
 
+    def _repr_html_(self) -> str:
+        """The key numbers as a table (how Jupyter shows the statistics)."""
+        from firstlayer._display import html_table, stats_rows
+
+        return html_table("PatchStats", stats_rows(self))
+
+    def plot(self) -> Any:
+        """The report's eigenspectrum figure (a matplotlib ``Figure``) of these statistics."""
+        from firstlayer._display import stats_figure
+
+        return stats_figure(self)
+
 
 _FIELDS = {
     "window": (4,),

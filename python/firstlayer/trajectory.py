@@ -225,6 +225,18 @@ class Trajectory:
             "settling": self.settling.describe(),
         }
 
+    def _repr_html_(self) -> str:
+        """Where the run ended, as a table (how Jupyter shows the trajectory)."""
+        from firstlayer._display import html_table, trajectory_rows
+
+        return html_table("Trajectory", trajectory_rows(self))
+
+    def plot(self) -> Any:
+        """Fitted ``eta*t`` and fit r along training (a matplotlib ``Figure``)."""
+        from firstlayer._display import trajectory_figure
+
+        return trajectory_figure(self)
+
 
 def trajectory(
     steps: Any,
@@ -460,6 +472,18 @@ class RunComparison:
     def aligned_last(self) -> float:
         """The aligned correlation at the largest ``eta*t`` both runs reached (NaN if none)."""
         return float(self.aligned_correlation[-1]) if self.aligned_correlation.size else math.nan
+
+    def _repr_html_(self) -> str:
+        """The key numbers as a table (how Jupyter shows the comparison)."""
+        from firstlayer._display import comparison_rows, html_table
+
+        return html_table("RunComparison", comparison_rows(self))
+
+    def plot(self) -> Any:
+        """Correlation at matched steps and at matched ``eta*t`` (a matplotlib ``Figure``)."""
+        from firstlayer._display import comparison_figure
+
+        return comparison_figure(self)
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON form: ``trajectory`` and ``aligned`` blocks, and both runs' regimes."""

@@ -54,6 +54,18 @@ class FitResult:
         """The product ``eta * t``, nearly all the formula depends on."""
         return self.eta * self.t
 
+    def _repr_html_(self) -> str:
+        """The key numbers as a table (how Jupyter shows the fit)."""
+        from firstlayer._display import fit_rows, html_table
+
+        return html_table("FitResult", fit_rows(self))
+
+    def plot(self, profile: Any = None, title: str | None = None) -> Any:
+        """The report's theory-fit figure (a matplotlib ``Figure``), with ``profile`` if given."""
+        from firstlayer._display import fit_figure
+
+        return fit_figure(self, profile, title)
+
 
 def _fit_correlations(lam: np.ndarray, a: np.ndarray, ts: np.ndarray, yz: np.ndarray) -> np.ndarray:
     """Correlation of the formula at each of ``ts`` with a centred, unit-norm target ``yz``.

@@ -353,6 +353,20 @@ class Tracker:
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
         self.close(complete=exc_type is None)
 
+    def _repr_html_(self) -> str:
+        """The run folder, the layer and the snapshots so far, as a table (for Jupyter)."""
+        from firstlayer._display import html_table
+
+        state = "closed" if self._closed else ("writing" if self.main else f"rank {self.rank}")
+        rows = [
+            ("run folder", str(self.run.path)),
+            ("first layer", f"{self.layer} {tuple(self.init.shape)}"),
+            ("steps", self.steps_done),
+            ("snapshots", ", ".join(str(s) for s in self._written) or "none"),
+            ("state", state),
+        ]
+        return html_table("Tracker", rows)
+
     def __repr__(self) -> str:
         return (
             f"Tracker({str(self.run.path)!r}, layer={self.layer!r}, steps={self.steps_done}, "

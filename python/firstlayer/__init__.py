@@ -42,6 +42,7 @@ if TYPE_CHECKING:  # what the lazy names resolve to, for type checkers and IDEs
 _LAZY = {
     # modules, along the flow
     "exceptions": "firstlayer.exceptions",
+    "constants": "firstlayer.constants",
     "sources": "firstlayer.sources",
     "stats": "firstlayer.stats",
     "checkpoint": "firstlayer.checkpoint",
@@ -99,6 +100,7 @@ __all__ = [
     "UnsafePickleError",
     "__version__",
     "checkpoint",
+    "constants",
     "correlation_matrix",
     "dft2",
     "dft_profile",

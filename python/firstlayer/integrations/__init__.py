@@ -5,7 +5,7 @@
 * :mod:`~firstlayer.integrations.tensorboard`: ``TensorBoardWriter``, the fitted ``eta*t``, the
   theory fit's ``r`` and the energy profile as an image at every snapshot.
 
-Each needs its package (``pip install firstlayer[lightning]`` / ``[tensorboard]``); importing
+Each needs its package (``pip install lightning`` / ``pip install tensorboard``); importing
 this package imports neither.
 """
 

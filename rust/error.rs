@@ -2,7 +2,7 @@
 //!
 //! Kernels return `CoreError` and never panic on user input; `lib.rs`, the only file that knows
 //! Python, converts it into a `ValueError` (shape, parameter, value and layout problems) or a
-//! `TypeError` (dtypes).
+//! `TypeError` (dtypes); an interrupt becomes the `KeyboardInterrupt` the signal handler raised.
 
 use std::fmt;
 
@@ -28,6 +28,8 @@ pub enum CoreError {
     },
     /// The data itself is invalid (NaN/Inf, labels out of range, ...).
     Value { arg: &'static str, message: String },
+    /// The caller asked to stop (Ctrl-C seen between two pieces of work); nothing was returned.
+    Interrupted,
 }
 
 impl CoreError {
@@ -66,6 +68,7 @@ impl fmt::Display for CoreError {
                 write!(f, "{arg}: expected {expected}, got {got}")
             }
             Self::Value { arg, message } => write!(f, "{arg}: {message}"),
+            Self::Interrupted => write!(f, "interrupted"),
         }
     }
 }

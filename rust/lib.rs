@@ -21,7 +21,8 @@ use crate::kernels::moments::{self, Method, Moments, Pixel};
 use crate::kernels::spectrum;
 
 /// The core's errors as Python exceptions (`?` converts): dtype errors become `TypeError`, shape,
-/// parameter and value errors `ValueError`.
+/// parameter and value errors `ValueError`, an interrupt the exception its signal handler raised
+/// (`KeyboardInterrupt` for Ctrl-C).
 impl From<CoreError> for PyErr {
     fn from(err: CoreError) -> Self {
         match err {
@@ -29,8 +30,29 @@ impl From<CoreError> for PyErr {
             CoreError::Shape { .. } | CoreError::Param { .. } | CoreError::Value { .. } => {
                 PyValueError::new_err(err.to_string())
             }
+            CoreError::Interrupted => PENDING_SIGNAL
+                .with(|p| p.borrow_mut().take())
+                .unwrap_or_else(|| pyo3::exceptions::PyKeyboardInterrupt::new_err("interrupted")),
         }
     }
+}
+
+thread_local! {
+    /// The exception a signal handler raised during a long call, until the call returns it.
+    static PENDING_SIGNAL: std::cell::RefCell<Option<PyErr>> = const { std::cell::RefCell::new(None) };
+}
+
+/// The interrupt check the kernels run between pieces of work (`parallel::chunked_reduce`):
+/// take the GIL for a moment and run Python's signal handlers. On the main thread a Ctrl-C
+/// raises `KeyboardInterrupt` here; it is kept and re-raised when the call returns.
+fn python_interrupted() -> bool {
+    Python::attach(|py| match py.check_signals() {
+        Ok(()) => false,
+        Err(e) => {
+            PENDING_SIGNAL.with(|p| *p.borrow_mut() = Some(e));
+            true
+        }
+    })
 }
 
 /// A 4-D image batch of one of the supported dtypes, borrowed from numpy.
@@ -439,4 +461,11 @@ mod _core {
     #[pymodule_export]
     #[allow(non_upper_case_globals)] // Python's dunder name
     const __version__: &str = env!("CARGO_PKG_VERSION");
+
+    /// Long calls check for Ctrl-C between their pieces of work.
+    #[pymodule_init]
+    fn init(_m: &pyo3::Bound<'_, pyo3::types::PyModule>) -> pyo3::PyResult<()> {
+        crate::parallel::set_interrupt_hook(super::python_interrupted);
+        Ok(())
+    }
 }

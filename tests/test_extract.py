@@ -290,7 +290,7 @@ def test_core_refuses_aliasing_itself() -> None:
     [
         ({"kernel_size": 0}, ValueError, r"kernel_size: expected an integer in \[1, 64\], got 0"),
         ({"kernel_size": 3.0}, TypeError, "kernel_size: expected an integer, got float"),
-        ({"kernel_size": 3, "stride": 0}, ValueError, "stride: expected an integer >= 1"),
+        ({"kernel_size": 3, "stride": 0}, ValueError, r"stride: expected an integer in \[1, "),
         ({"kernel_size": 3, "padding": 3}, ValueError, r"padding: expected .*\[0, 2\], got 3"),
         ({"kernel_size": 9}, ValueError, "x: expected images of at least 9x9"),
         ({"kernel_size": 3, "max_patches": 73}, ValueError, "max_patches: expected at most .* 72"),

@@ -1,8 +1,9 @@
 """Turning what users pass (numpy arrays, torch tensors) into what the Rust core reads.
 
-The core reads C-contiguous ``uint8``/``float32``/``float64`` batches in place. Nothing here
-copies image data: a wrong dtype or a non-contiguous array is an error that says how to fix it,
-because a silent copy of a large dataset is exactly what users come to this package to avoid.
+The core reads C-contiguous ``uint8``/``float32``/``float64`` batches in place. A contiguous
+array is never copied. Any other view (Fortran order, negative strides, a slice, a torch
+``permute``/``expand``) is accepted and copied a few images at a time (:func:`contiguous_chunks`),
+so the memory added stays bounded (:data:`COPY_CHUNK_BYTES`) however large the view.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ from typing import Any
 import numpy as np
 
 SUPPORTED_DTYPES = (np.dtype(np.uint8), np.dtype(np.float32), np.dtype(np.float64))
+#: Most bytes one chunk copy of a non-contiguous batch takes (at least one image).
+COPY_CHUNK_BYTES = 32 << 20
 _CHANNEL_SIZES = (1, 3, 4)
 
 
@@ -26,7 +29,17 @@ def as_numpy(x: Any, name: str = "x") -> np.ndarray:
         if x.device.type != "cpu":
             msg = f"{name}: expected a CPU tensor, got one on {x.device}; call {name}.cpu() first"
             raise ValueError(msg)
-        return x.detach().numpy()
+        layout = str(getattr(x, "layout", "torch.strided"))
+        if layout != "torch.strided":
+            msg = f"{name}: expected a dense tensor, got layout {layout}; call {name}.to_dense()"
+            raise TypeError(msg)
+        if str(x.dtype) == "torch.bfloat16":
+            msg = (
+                f"{name}: expected dtype uint8, float32 or float64, got torch.bfloat16 (numpy has "
+                f"no bfloat16); convert with {name}.float()"
+            )
+            raise TypeError(msg)
+        return x.detach().resolve_conj().resolve_neg().numpy()
     if isinstance(x, np.ndarray):
         return x
     msg = f"{name}: expected a numpy array or a torch tensor, got {type(x).__name__}"
@@ -74,7 +87,14 @@ def as_batch(x: Any, layout: str | None = None, name: str = "x") -> tuple[np.nda
         )
         raise TypeError(msg)
     if arr.ndim == 3:
-        arr = arr.reshape(arr.shape[0], 1, *arr.shape[1:])  # a view when contiguous
+        if layout is not None:
+            msg = (
+                f"{name}: layout={layout!r} describes a 4-D batch, got a 3-D array of shape "
+                f"{arr.shape}, which is read as (N, H, W) one-channel images; pass layout=None "
+                f"for that, or a 4-D batch ({name}[:, None] or {name}[..., None])"
+            )
+            raise ValueError(msg)
+        arr = arr[:, None]  # a view, whatever the strides
         layout = "NCHW"
     if arr.ndim != 4:
         msg = (
@@ -85,13 +105,30 @@ def as_batch(x: Any, layout: str | None = None, name: str = "x") -> tuple[np.nda
     if arr.shape[0] == 0 or 0 in arr.shape:
         msg = f"{name}: expected at least one non-empty image, got shape {arr.shape}"
         raise ValueError(msg)
-    if not arr.flags.c_contiguous:
-        msg = (
-            f"{name}: expected a C-contiguous array, got strides {arr.strides}; "
-            f"pass np.ascontiguousarray({name}) (one copy)"
-        )
-        raise ValueError(msg)
     return arr, infer_layout(arr.shape, layout, from_torch, name)
+
+
+def image_chunk(arr: np.ndarray, multiple: int = 1) -> int:
+    """Images per chunk copy of ``arr``: at most :data:`COPY_CHUNK_BYTES`, a multiple of
+    ``multiple`` (at least ``multiple``)."""
+    per_image = max(1, arr[:1].nbytes)
+    n = max(1, COPY_CHUNK_BYTES // per_image)
+    return max(multiple, n // multiple * multiple)
+
+
+def contiguous_chunks(arr: np.ndarray, chunk: int) -> Any:
+    """``(start, C-contiguous copy)`` of ``arr[start:start + chunk]`` for each chunk, in order
+    (one chunk, ``arr`` itself, when it is already contiguous)."""
+    if arr.flags.c_contiguous:
+        yield 0, arr
+        return
+    for i in range(0, arr.shape[0], chunk):
+        yield i, np.ascontiguousarray(arr[i : i + chunk])
+
+
+def as_contiguous(arr: np.ndarray) -> np.ndarray:
+    """``arr`` as C-contiguous (one copy when it is not)."""
+    return arr if arr.flags.c_contiguous else np.ascontiguousarray(arr)
 
 
 def as_labels(labels: Any, n: int) -> np.ndarray:
@@ -102,6 +139,9 @@ def as_labels(labels: Any, n: int) -> np.ndarray:
         raise TypeError(msg)
     if arr.shape != (n,):
         msg = f"labels: expected shape ({n},) (one label per image), got {arr.shape}"
+        raise ValueError(msg)
+    if arr.dtype.kind == "u" and n and int(arr.max()) > np.iinfo(np.int64).max:
+        msg = f"labels: expected class indices, got {int(arr.max())} (beyond int64)"
         raise ValueError(msg)
     if n and arr.min() < 0:
         msg = f"labels: expected non-negative integers, got {int(arr.min())}"

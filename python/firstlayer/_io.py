@@ -25,9 +25,37 @@ import numpy as np
 
 
 def _umask() -> int:
-    mask = os.umask(0)
+    """The process umask. Read from ``/proc`` where it is there: setting it to read it back
+    (``os.umask``) would, for that instant, give 0666 files to any other thread that creates one."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
     os.umask(mask)
     return mask
+
+
+def check_writable(path: str | os.PathLike[str], name: str) -> None:
+    """Fail now, not after hours of work, when ``path`` cannot be written later.
+
+    Creates and removes a temporary file beside ``path`` (what :func:`atomic_write` will do),
+    so a missing, read-only or full folder is an ``OSError`` naming ``name`` before computing.
+    """
+    target = Path(path)
+    folder = target.parent if str(target.parent) else Path(".")
+    if target.is_dir():
+        raise IsADirectoryError(f"{name}: {os.fspath(path)!r} is a folder, expected a file path")
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".probe", dir=folder)
+    except OSError as exc:
+        msg = f"{name}: cannot write into {os.fspath(folder)!r} ({exc.strerror})"
+        raise type(exc)(msg) from exc
+    os.close(fd)
+    os.unlink(tmp)
 
 
 def fsync_dir(folder: str | os.PathLike[str]) -> None:
@@ -53,11 +81,17 @@ def atomic_write(path: str | os.PathLike[str]) -> Iterator[IO[bytes]]:
     The destination folder must exist. On an exception the temporary file is removed and
     ``path`` is left as it was.
     """
+    if not isinstance(path, str | os.PathLike):
+        msg = f"path: expected a file path (str or path-like), got {type(path).__name__}"
+        raise TypeError(msg)
     target = Path(path)
     folder = target.parent if str(target.parent) else Path(".")
     if not folder.is_dir():
         msg = f"path: directory {folder} does not exist"
         raise FileNotFoundError(msg)
+    if target.is_dir():
+        msg = f"path: {os.fspath(path)!r} is a folder, expected a file path"
+        raise IsADirectoryError(msg)
     try:
         mode = target.stat().st_mode & 0o7777
     except OSError:
@@ -132,6 +166,9 @@ def save_npz(path: str | os.PathLike[str], kind: str, version: int, **arrays: np
     The file appears complete or not at all: it is written next to its destination, flushed to
     disk and renamed over it.
     """
+    if not isinstance(path, str | os.PathLike):
+        msg = f"path: expected a file path (str or path-like), got {type(path).__name__}"
+        raise TypeError(msg)
     path = Path(path)
     payload = {k: np.asarray(v) for k, v in arrays.items()}
     payload["__format__"] = np.array(kind)
@@ -140,6 +177,31 @@ def save_npz(path: str | os.PathLike[str], kind: str, version: int, **arrays: np
     with atomic_write(path) as f:
         np.savez(f, **payload)
     return path
+
+
+def read_npy(path: str | os.PathLike[str], name: str) -> np.ndarray:
+    """A plain ``.npy`` array, or a ``ValueError`` naming ``name`` and the path.
+
+    numpy's own message for a file that is not one suggests ``allow_pickle=True``, an
+    invitation to run an untrusted file; this one says what the file is not.
+    """
+    try:
+        arr = np.load(path, allow_pickle=False)
+    except (OSError, EOFError) as exc:
+        if isinstance(exc, FileNotFoundError | IsADirectoryError | PermissionError):
+            raise
+        msg = f"{name}: {os.fspath(path)!r} is not a readable .npy array ({type(exc).__name__})"
+        raise ValueError(msg) from None
+    except ValueError:
+        msg = (
+            f"{name}: {os.fspath(path)!r} is not a readable .npy array (it is another kind of "
+            "file, or holds pickled objects, which firstlayer never unpickles)"
+        )
+        raise ValueError(msg) from None
+    if not isinstance(arr, np.ndarray):
+        msg = f"{name}: {os.fspath(path)!r} is an .npz archive, expected a single .npy array"
+        raise ValueError(msg)
+    return arr
 
 
 def read_npz(path: str | os.PathLike[str], what: str) -> dict[str, np.ndarray]:

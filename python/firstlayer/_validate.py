@@ -13,10 +13,38 @@ from typing import Any
 
 import numpy as np
 
-#: Largest kernel the exact patch-statistics core takes (its u32 per-image sums bound it).
-MAX_STATS_KERNEL_SIZE = 15
+#: Largest kernel patch statistics take: 32 covers every patch embedding in use (CLIP ViT-B/32).
+#: Sums stay exact at any size (``u32`` only within bounded column sums, ``u64`` past them); what
+#: grows is memory: the ``(C k^2)^2`` second moment is 75 MB in ``uint64`` for ``3 x 32 x 32``.
+MAX_STATS_KERNEL_SIZE = 32
 #: Largest kernel patch extraction takes.
 MAX_EXTRACT_KERNEL_SIZE = 64
+
+
+#: Largest window stride (every entry point): far beyond any image, far below the core's 64 bits.
+MAX_STRIDE = 2**31
+#: Largest working memory one call may size from what a user chose (class sums, decoded image
+#: sizes): checked before anything is allocated, so no input can make an allocation fail inside
+#: the Rust core, which would abort the interpreter instead of raising.
+MAX_WORK_BYTES = 2**31
+#: Largest image, in pixels, the decoders produce or accept from a header (the Rust decoder's
+#: ``MAX_PIXELS``): 402 MB of RGB.
+MAX_IMAGE_PIXELS = 2**27
+
+
+def check_nbytes(name: str, nbytes: int, what: str, limit: int = MAX_WORK_BYTES) -> int:
+    """``nbytes`` when at most ``limit``, else a ``ValueError`` naming ``name`` and the size.
+
+    The one place where sizes derived from user input (a class count, a resize) are checked
+    before the allocation they would cause.
+    """
+    if nbytes > limit:
+        msg = (
+            f"{name}: {what} would need {nbytes / 2**30:.1f} GiB ({nbytes:,} bytes), above the "
+            f"limit of {limit / 2**30:.0f} GiB"
+        )
+        raise ValueError(msg)
+    return nbytes
 
 
 def type_error(name: str, expected: str, got: Any) -> TypeError:
@@ -64,6 +92,20 @@ def check_float(
         msg = f"{name}: expected a finite number{rng}, got {value}"
         raise ValueError(msg)
     return v
+
+
+def check_finite(name: str, arr: Any) -> Any:
+    """``arr`` when every value is finite, else a ``ValueError`` naming ``name`` and the first
+    NaN or infinity (a NaN would make correlations NaN and "fit" anything)."""
+    a = np.asarray(arr)
+    if a.dtype.kind in "fc" and not np.all(np.isfinite(a)):
+        bad = np.flatnonzero(~np.isfinite(a.ravel()))
+        msg = (
+            f"{name}: expected finite values, got {a.ravel()[bad[0]]} at flat index {bad[0]} "
+            f"({bad.size} of {a.size} values are NaN or infinite)"
+        )
+        raise ValueError(msg)
+    return arr
 
 
 def check_choice(name: str, value: Any, choices: Sequence[str]) -> str:

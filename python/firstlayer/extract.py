@@ -21,8 +21,8 @@ from typing import Any
 import numpy as np
 
 from firstlayer import _core
-from firstlayer._arrays import as_batch, as_numpy, is_torch_tensor
-from firstlayer._validate import MAX_EXTRACT_KERNEL_SIZE, check_int
+from firstlayer._arrays import as_batch, as_contiguous, as_numpy, is_torch_tensor
+from firstlayer._validate import MAX_EXTRACT_KERNEL_SIZE, MAX_STRIDE, check_int, check_nbytes
 from firstlayer.sources import Source, open_source
 
 _U64_MAX = (1 << 64) - 1
@@ -38,7 +38,7 @@ def _seed(seed: Any) -> int:
 
 def _window(kernel_size: Any, stride: Any, padding: Any) -> tuple[int, int, int]:
     k = check_int("kernel_size", kernel_size, 1, MAX_EXTRACT_KERNEL_SIZE)
-    s = check_int("stride", stride, 1)
+    s = check_int("stride", stride, 1, MAX_STRIDE)
     p = check_int("padding", padding, 0, k - 1)
     return k, s, p
 
@@ -145,6 +145,7 @@ def extract_patches(
     """
     from_torch = is_torch_tensor(x)
     arr, lay = as_batch(x, layout)
+    arr = as_contiguous(arr)  # views: one copy (patches are copies anyway)
     k, s, pad = _window(kernel_size, stride, padding)
     c, ho, wo = patch_grid(arr.shape, lay, k, s, pad)
     n = arr.shape[0]
@@ -163,6 +164,12 @@ def extract_patches(
             )
             raise ValueError(msg)
         plan, sample_seed = "sample", _seed(seed)
+    if out is None:  # sized by the arguments: checked here, before numpy is asked for it
+        check_nbytes(
+            "max_patches",
+            rows * (p * arr.dtype.itemsize + 24 * return_positions),
+            f"{rows:,} patches of {p} values (pass max_patches=, out=, or use iter_patches)",
+        )
     result = np.empty((rows, p), dtype=arr.dtype) if out is None else _check_out(out, arr, rows, p)
     positions = np.empty((rows, 3), dtype=np.int64) if return_positions else None
     _core.extract_patches(
@@ -264,6 +271,7 @@ def iter_patches(
         for step in src.steps(0, batch_size):
             for part in step.parts:
                 arr, lay = as_batch(part.images, part.layout or layout, name="source images")
+                arr = as_contiguous(arr)  # views: one copy (patches are copies anyway)
                 c, ho, wo = patch_grid(arr.shape, lay, k, s, pad)
                 n, p = arr.shape[0], c * k * k
                 rows_per_image = ho * wo if per is None else min(per, ho * wo)

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from firstlayer._arrays import is_torch_tensor
-from firstlayer._io import read_npz
+from firstlayer._io import read_npy, read_npz
 from firstlayer.profile import _host_array
 
 __all__ = ["FirstLayer", "first_layer"]
@@ -405,8 +405,9 @@ def _load_checkpoint(path: Path) -> Mapping[str, Any]:
             "code or objects); load it yourself if you trust it and pass the model or state dict"
         )
         raise ValueError(msg) from exc
-    except (RuntimeError, EOFError) as exc:
-        msg = f"obj: {str(path)!r} is not a readable PyTorch checkpoint ({exc})"
+    except (RuntimeError, EOFError, KeyError, ValueError) as exc:
+        # KeyError/ValueError: torch's restricted unpickler on bytes that are no pickle.
+        msg = f"obj: {str(path)!r} is not a readable PyTorch checkpoint ({exc!r})"
         raise ValueError(msg) from exc
     if not isinstance(obj, Mapping):
         msg = f"obj: expected {str(path)!r} to hold a state dict, got {type(obj).__name__}"
@@ -417,6 +418,10 @@ def _load_checkpoint(path: Path) -> Mapping[str, Any]:
 def _from_file(
     path: Path, *, name: str | None, arch: str | None, example_input: Any, input_size: int
 ) -> FirstLayer:
+    if path.suffix == ".npy":  # a plain array of weights (F, C, k, k), never a pickle
+        w = read_npy(path, "obj").astype(np.float64)
+        _check_bank(w, f"obj ({path})")
+        return FirstLayer(weight=w, name=name or path.stem)
     if path.suffix == ".npz":
         arrays = read_npz(path, "weights .npz")
         if name is None and len(arrays) > 1:

@@ -14,8 +14,9 @@ from typing import Any
 import numpy as np
 
 from firstlayer import _core
-from firstlayer._arrays import as_batch, as_numpy, is_torch_tensor
+from firstlayer._arrays import as_batch, as_contiguous, as_numpy, is_torch_tensor
 from firstlayer._io import load_npz, save_npz
+from firstlayer._validate import check_optional_int
 
 _FORMAT = "firstlayer.ImageSpectrum"
 _VERSION = 1
@@ -83,6 +84,7 @@ class ImageSpectrum:
     def update(self, x: Any, *, layout: str | None = None) -> ImageSpectrum:
         """Add a batch of images (in place) and return ``self``."""
         arr, lay = as_batch(x, layout)
+        arr = as_contiguous(arr)  # a view: one copy
         part = _core.image_power_sum(arr, layout=lay)
         if self.count and part.shape != self.power_sum.shape:
             msg = (
@@ -113,7 +115,7 @@ class ImageSpectrum:
         h, w = self.shape
         fy, fx = np.meshgrid(np.fft.fftfreq(h), np.fft.fftfreq(w), indexing="ij")
         radius = np.hypot(fy, fx)
-        n_bins = n_bins or max(2, min(h, w) // 2)
+        n_bins = check_optional_int("n_bins", n_bins, 1) or max(2, min(h, w) // 2)
         edges = np.linspace(0, 0.5, n_bins + 1)
         total = self.power.sum(axis=0)
         keep = (radius > 0) & (radius <= 0.5)
@@ -160,4 +162,5 @@ def image_spectrum(x: Any, *, layout: str | None = None) -> ImageSpectrum:
     (3, 32, 32)
     """
     arr, lay = as_batch(x, layout)
+    arr = as_contiguous(arr)  # a view: one copy
     return ImageSpectrum(_core.image_power_sum(arr, layout=lay), arr.shape[0])

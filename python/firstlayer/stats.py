@@ -26,15 +26,27 @@ from typing import Any
 import numpy as np
 
 from firstlayer import _core
-from firstlayer._arrays import as_batch, as_labels
+from firstlayer._arrays import as_batch, as_labels, contiguous_chunks, image_chunk
 from firstlayer._io import load_npz, save_npz
-from firstlayer._validate import MAX_STATS_KERNEL_SIZE, check_int
+from firstlayer._validate import (
+    MAX_STATS_KERNEL_SIZE,
+    MAX_STRIDE,
+    check_float,
+    check_int,
+    check_nbytes,
+)
 
 __all__ = ["PCA", "PatchStats"]
 
-#: Upper bounds that keep every size the core computes far from overflow and memory blow-ups.
-MAX_STRIDE = 2**31
+#: Upper bounds that keep every size the core computes far from overflow and memory blow-ups
+#: (``MAX_STRIDE`` lives in ``_validate``, shared by every entry point).
 MAX_CLASSES = 2**20
+#: Images per chunk of the core's float reduction (``parallel::CHUNK_ITEMS``): a view copied in
+#: chunks of whole multiples of it, folded in order, gives the bits of the contiguous array.
+_FLOAT_CHUNK_IMAGES = 8
+#: Partials of ``p`` sums and ``n_classes x p`` class sums alive at once in the core: the total,
+#: two chunk partials, and the result handed to Python.
+_PARTIALS_ALIVE = 4
 _FORMAT = "firstlayer.PatchStats"
 #: Version 2 added the float shift; version 1 files (no shift) are still read.
 _VERSION = 2
@@ -226,17 +238,15 @@ class PatchStats:
                 msg = f"labels: expected class indices below {MAX_CLASSES}, got {int(lab.max())}"
                 raise ValueError(msg)
             n_classes = max(int(lab.max()) + 1, len(self._class_counts))
-        raw = _core.patch_moments(
-            arr,
-            layout=lay,
-            kernel_size=self.kernel_size,
-            stride=self.stride,
-            padding=self.padding,
-            labels=lab,
-            n_classes=n_classes,
-            method=method,
-            shift=None if shift is None else shift.tolist(),
+        # The core allocates its partials before it reads a pixel: size them here, where a
+        # refusal is a ValueError (an allocation failure in Rust aborts the interpreter).
+        p = self.dim
+        check_nbytes(
+            "labels",
+            _PARTIALS_ALIVE * 8 * (p * p + p + n_classes * (p + 1)),
+            f"{n_classes:,} classes (largest label {n_classes - 1:,}) of {p}-dimensional patches",
         )
+        raw = self._moments(arr, lay, lab, n_classes, method, shift)
         self._add_raw(
             raw["count"],
             arr.shape[0],
@@ -247,6 +257,46 @@ class PatchStats:
             None if shift is None else np.repeat(shift, kk),
         )
         return self
+
+    def _moments(
+        self,
+        arr: np.ndarray,
+        lay: str,
+        lab: np.ndarray | None,
+        n_classes: int,
+        method: str,
+        shift: np.ndarray | None,
+    ) -> dict[str, Any]:
+        """The core's raw moments of ``arr``; a non-contiguous view is copied in chunks.
+
+        Chunks hold whole multiples of the core's float chunk and their moments are added in
+        order, which is the core's own reduction, so the result has the bits of one call on
+        the contiguous copy (``uint8`` sums are exact whatever the chunking).
+        """
+        chunk = image_chunk(arr, _FLOAT_CHUNK_IMAGES)
+        if not self.exact and not arr.flags.c_contiguous:
+            chunk = _FLOAT_CHUNK_IMAGES
+        total: dict[str, Any] | None = None
+        for i, part in contiguous_chunks(arr, chunk):
+            raw = _core.patch_moments(
+                part,
+                layout=lay,
+                kernel_size=self.kernel_size,
+                stride=self.stride,
+                padding=self.padding,
+                labels=None if lab is None else lab[i : i + part.shape[0]],
+                n_classes=n_classes,
+                method=method,
+                shift=None if shift is None else shift.tolist(),
+            )
+            if total is None:
+                total = raw
+                continue
+            total["count"] += raw["count"]
+            for key in ("sum", "second_moment", "class_counts", "class_sums"):
+                total[key] = _add(total[key], raw[key], key)
+        assert total is not None  # as_batch refuses empty batches
+        return total
 
     def _add_raw(
         self,
@@ -414,9 +464,7 @@ class PatchStats:
 
     def zca(self, eps: float = 1e-5) -> np.ndarray:
         """ZCA whitening matrix ``U diag((lambda + eps)^-1/2) U^T``, shape ``(p, p)``."""
-        if not np.isfinite(eps) or eps < 0:
-            msg = f"eps: expected a finite number >= 0, got {eps}"
-            raise ValueError(msg)
+        eps = check_float("eps", eps, 0)
         pca = self.pca()
         if eps == 0 and pca.eigenvalues.min() <= 0:
             msg = "eps: the covariance is singular; pass eps > 0"

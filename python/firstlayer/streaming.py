@@ -18,12 +18,13 @@ from typing import Any
 import numpy as np
 
 from firstlayer._arrays import as_batch, is_torch_tensor
+from firstlayer._io import check_writable
 from firstlayer._progress import Progress
-from firstlayer._validate import MAX_STATS_KERNEL_SIZE, check_choice, check_int
+from firstlayer._validate import MAX_STATS_KERNEL_SIZE, MAX_STRIDE, check_choice, check_int
 from firstlayer.checkpoint import Checkpoint, read_checkpoint, write_checkpoint
 from firstlayer.exceptions import ImageDecodeError
 from firstlayer.sources import Layout, OnError, Part, Source, open_source
-from firstlayer.stats import MAX_STRIDE, PatchStats
+from firstlayer.stats import PatchStats
 
 __all__ = ["patch_stats", "stream_stats"]
 
@@ -293,6 +294,10 @@ def _run(
     stats: PatchStats | None = None
     position = 0
     skipped: list[tuple[str, str]] = []
+    if checkpoint is not None:
+        check_writable(checkpoint, "checkpoint")  # before the work, not at the first save
+    # Files smaller than the window are unreadable items (named, and skipped under "skip").
+    src.min_side = max(1, kernel_size - 2 * padding)
     if checkpoint is not None and Path(checkpoint).exists():
         state = read_checkpoint(checkpoint)
         if state.fingerprint != fingerprint:

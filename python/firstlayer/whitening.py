@@ -12,6 +12,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from firstlayer._validate import check_float
 from firstlayer.profile import _stats_geometry, pca_basis
 
 __all__ = ["init_first_layer", "whitening_filters"]
@@ -72,9 +73,7 @@ def whitening_filters(
     """
     ev, u = pca_basis(stats)
     c, k = _geometry(stats, ev.size)
-    if not np.isfinite(eps) or eps < 0:
-        msg = f"eps: expected a finite number >= 0, got {eps}"
-        raise ValueError(msg)
+    eps = check_float("eps", eps, 0)
     m = ev.size if n_components is None else int(n_components)
     if not 1 <= m <= ev.size:
         msg = f"n_components: expected 1..{ev.size}, got {n_components}"

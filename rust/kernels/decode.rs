@@ -13,8 +13,9 @@
 //!
 //! PNG and BMP are decoded by the `image` crate. Baseline JPEGs are decoded by `jpeg/`,
 //! reproducing libjpeg-turbo's default output that Pillow returns (islow IDCT, fancy
-//! chroma upsampling, fixed-point YCbCr -> RGB); other JPEGs (progressive, arithmetic, 4:4:0, ...)
-//! fall back to the `image` crate's zune-jpeg, which may differ from Pillow by a few levels.
+//! chroma upsampling, fixed-point YCbCr -> RGB); other JPEGs (progressive, arithmetic, 4:4:0,
+//! CMYK, ...) and other formats are answered with a reason starting with [`UNSUPPORTED`], and the
+//! Python side decodes those with Pillow, so every file gets Pillow's pixels.
 //!
 //! Every failure (unreadable, corrupt or truncated file, even a decoder panic) becomes a reason
 //! string; nothing panics and nothing is dropped silently.
@@ -99,10 +100,49 @@ fn pool(threads: usize) -> Option<Arc<rayon::ThreadPool>> {
     Some(p)
 }
 
-/// Read and decode one file; any failure (or panic) is returned as a reason.
+/// Largest image, in pixels, that is decoded or produced (a header's claim, a resize, a crop):
+/// `2^27` pixels is 402 MB of RGB, above Pillow's decompression-bomb error (179M pixels is its
+/// limit for a decoded file; we allow the same order). Checked before anything is allocated, so
+/// a lying header or a huge `resize` is a reason string, never an allocation failure.
+pub const MAX_PIXELS: usize = 1 << 27;
+
+/// Reason prefix for files this decoder leaves to Pillow (other formats; JPEGs the exact
+/// baseline decoder does not cover): the Python side decodes them with Pillow instead.
+pub const UNSUPPORTED: &str = "Unsupported: ";
+
+/// Read and decode one file; any failure (or panic) is returned as a reason. Only regular files
+/// are opened: a FIFO would block `open` forever and a device would be read without end.
 pub fn decode_file(path: &Path, opts: &DecodeOptions) -> Result<Decoded, String> {
+    let meta = std::fs::metadata(path).map_err(|e| format!("OSError: {e}"))?;
+    if !meta.is_file() {
+        return Err("OSError: not a regular file (a FIFO, device, socket or folder)".into());
+    }
     let bytes = std::fs::read(path).map_err(|e| format!("OSError: {e}"))?;
     decode_bytes(&bytes, opts)
+}
+
+/// `h * w` when it is at most [`MAX_PIXELS`], else the reason naming `what`.
+fn check_pixels(what: &str, h: usize, w: usize) -> Result<(), String> {
+    match h.checked_mul(w) {
+        Some(n) if n <= MAX_PIXELS => Ok(()),
+        _ => Err(format!(
+            "DecompressionBombError: {what} of {h} x {w} pixels is above the limit of {MAX_PIXELS} pixels"
+        )),
+    }
+}
+
+/// Check every size the pipeline will allocate, from the decoded `h x w` on.
+fn check_sizes(h: usize, w: usize, opts: &DecodeOptions) -> Result<(), String> {
+    check_pixels("an image", h, w)?;
+    let (mut h, mut w) = (h, w);
+    if let Some(size) = opts.resize {
+        (h, w) = resized_size(h, w, size);
+        check_pixels("the resized image", h, w)?;
+    }
+    if let Some((ch, cw)) = opts.center_crop {
+        check_pixels("the centre crop", ch, cw)?;
+    }
+    Ok(())
 }
 
 /// Decode one encoded image held in memory; any failure (or panic) is returned as a reason.
@@ -124,9 +164,22 @@ fn decode_unguarded(bytes: &[u8], opts: &DecodeOptions) -> Result<Decoded, Strin
     let format = reader
         .format()
         .ok_or_else(|| "UnidentifiedImageError: cannot identify image file".to_string())?;
+    if !matches!(
+        format,
+        ImageFormat::Png | ImageFormat::Jpeg | ImageFormat::Bmp
+    ) {
+        return Err(format!("{UNSUPPORTED}{format:?} is decoded by Pillow"));
+    }
     if format == ImageFormat::Jpeg && !jpeg_complete(bytes) {
         return Err("OSError: image file is truncated (no end-of-image marker)".into());
     }
+    // The header's size, before any pixel buffer exists.
+    let (hw, hh) = ImageReader::new(Cursor::new(bytes))
+        .with_guessed_format()
+        .map_err(|e| format!("OSError: {e}"))?
+        .into_dimensions()
+        .map_err(|e| format!("DecodeError ({format:?}): {e}"))?;
+    check_sizes(hh as usize, hw as usize, opts)?;
     if format == ImageFormat::Jpeg {
         let mut cropped = false;
         let window = |h, w| {
@@ -145,6 +198,11 @@ fn decode_unguarded(bytes: &[u8], opts: &DecodeOptions) -> Result<Decoded, Strin
             }
             return Ok(process(rgb, win.h, win.w, opts));
         }
+        // Progressive, arithmetic, CMYK, ...: zune-jpeg would differ from Pillow by a few
+        // levels, so these go to Pillow, which the documentation promises.
+        return Err(format!(
+            "{UNSUPPORTED}this JPEG (progressive, arithmetic, CMYK or unusual sampling) is decoded by Pillow"
+        ));
     }
     let img = reader
         .decode()
@@ -589,5 +647,47 @@ mod tests {
             assert!(cut < 4 || !jpeg_complete(&jpg[..cut]), "cut at {cut}");
             assert!(decode_bytes(&jpg[..cut], &opts).is_err(), "cut at {cut}");
         }
+    }
+
+    #[test]
+    fn lying_headers_and_huge_sizes_are_reasons_before_any_allocation() {
+        // A baseline JPEG whose frame header claims 65000 x 65000 pixels (12.7 GB of RGB).
+        let mut jpg = Vec::new();
+        image::RgbImage::new(8, 8)
+            .write_to(&mut Cursor::new(&mut jpg), ImageFormat::Jpeg)
+            .unwrap();
+        let sof = jpg.windows(2).position(|w| w == [0xFF, 0xC0]).unwrap();
+        jpg[sof + 5..sof + 9].copy_from_slice(&[0xFD, 0xE8, 0xFD, 0xE8]);
+        let err = decode_bytes(&jpg, &DecodeOptions::default()).unwrap_err();
+        assert!(err.starts_with("DecompressionBombError"), "{err}");
+        // A resize or crop far beyond the limit, on a small image.
+        let mut png = Vec::new();
+        image::RgbImage::new(4, 4)
+            .write_to(&mut Cursor::new(&mut png), ImageFormat::Png)
+            .unwrap();
+        for opts in [
+            DecodeOptions {
+                resize: Some(Resize::Shorter(100_000)),
+                ..DecodeOptions::default()
+            },
+            DecodeOptions {
+                center_crop: Some((100_000, 100_000)),
+                ..DecodeOptions::default()
+            },
+        ] {
+            let err = decode_bytes(&png, &opts).unwrap_err();
+            assert!(err.contains("above the limit"), "{err}");
+        }
+    }
+
+    #[test]
+    fn other_formats_are_left_to_pillow_and_odd_files_are_refused() {
+        // A PPM header: a format the image crate could guess, decoded by Pillow instead.
+        let err =
+            decode_bytes(b"P6\n2 2\n255\n............", &DecodeOptions::default()).unwrap_err();
+        assert!(err.starts_with(UNSUPPORTED), "{err}");
+        let dir = std::env::temp_dir();
+        let err = decode_file(&dir, &DecodeOptions::default()).unwrap_err();
+        assert!(err.contains("not a regular file"), "{err}");
     }
 }

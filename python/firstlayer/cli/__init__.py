@@ -94,5 +94,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if debug:
             traceback.print_exc()
         hint = "" if debug or isinstance(exc, _EXPECTED) else " (--debug for the traceback)"
-        print(f"firstlayer: error: {one_line(exc)}{hint}", file=sys.stderr)
+        # The library's advice names its keyword; on the command line it is an option.
+        text = one_line(exc).replace("on_error='skip'", "--on-error skip")
+        print(f"firstlayer: error: {text}{hint}", file=sys.stderr)
         return 1

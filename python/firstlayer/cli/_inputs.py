@@ -97,7 +97,9 @@ def load_model(args: argparse.Namespace) -> ModelInput:
 
     model = resolve_model(args.model)
     if getattr(args, "init", None):
-        init = np.load(args.init, allow_pickle=False).astype(np.float64)
+        from firstlayer._io import read_npy
+
+        init = read_npy(args.init, "--init").astype(np.float64)
         if init.shape != model.weight.shape:
             msg = f"--init: shape {init.shape} differs from the first layer {model.weight.shape}"
             raise ValueError(msg)

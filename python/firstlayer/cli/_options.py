@@ -162,3 +162,14 @@ def stream_options(args: argparse.Namespace) -> dict[str, Any]:
         "batch_size": args.batch_size,
         "quiet": bool(args.quiet),
     }
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: an integer >= 1 (a usage error names the option otherwise)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {value}")
+    return value

@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from firstlayer._io import read_npy
 from firstlayer.cli._inputs import load_model, profile_for, provider
 from firstlayer.cli._options import (
     MODEL_HELP,
@@ -53,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
     from firstlayer.theory import fit
 
     path = Path(args.model)
-    arr = np.load(path, allow_pickle=False) if path.suffix == ".npy" and path.is_file() else None
+    arr = read_npy(path, "MODEL") if path.suffix == ".npy" and path.is_file() else None
     if arr is not None and arr.ndim == 1:
         from firstlayer.report.compute import group_stats
         from firstlayer.report.inputs import NORMALIZATIONS, parse_normalization

@@ -8,7 +8,14 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from firstlayer.cli._options import add_command, add_out, common, data_options, dataset_of
+from firstlayer.cli._options import (
+    add_command,
+    add_out,
+    common,
+    data_options,
+    dataset_of,
+    positive_int,
+)
 from firstlayer.cli._output import emit
 from firstlayer.exceptions import UsageError
 
@@ -35,7 +42,9 @@ def add_parser(subparsers: Any, command: str | None = None) -> argparse.Argument
     g.add_argument(
         "--stats", metavar="FILE", help="patch power spectrum from saved statistics instead"
     )
-    g.add_argument("--bins", type=int, default=None, help="radial bins (default: size / 2)")
+    g.add_argument(
+        "--bins", type=positive_int, default=None, help="radial bins (default: size / 2)"
+    )
     add_out(g, "the spectrum (.npz, or .json)")
     p.set_defaults(handler=run)
     return p

@@ -15,6 +15,7 @@ from firstlayer.cli._options import (
     data_options,
     dataset_of,
     patch_options,
+    positive_int,
     stream_options,
 )
 from firstlayer.cli._output import emit
@@ -50,6 +51,13 @@ def add_parser(subparsers: Any, command: str | None = None) -> argparse.Argument
     g.add_argument("--center-crop", type=int, metavar="N", help="then keep the central N x N")
     g.add_argument("--grayscale", action="store_true", help="convert to one luminance channel")
     g.add_argument(
+        "--on-error",
+        choices=("raise", "skip"),
+        default="raise",
+        help="unreadable images (or smaller than the window): stop with the path (raise, the "
+        "default) or count and list them (skip)",
+    )
+    g.add_argument(
         "--decoder",
         choices=("auto", "rust", "pillow"),
         default="auto",
@@ -69,7 +77,7 @@ def add_parser(subparsers: Any, command: str | None = None) -> argparse.Argument
         metavar="FILE",
         help="resume file for long runs (with --scheduler/--workers: a folder of finished shards)",
     )
-    g.add_argument("--top", type=int, default=10, help="eigenvalues to print (default 10)")
+    g.add_argument("--top", type=positive_int, default=10, help="eigenvalues to print (default 10)")
     g = p.add_argument_group("cluster (dask.distributed)")
     g.add_argument(
         "--scheduler",
@@ -113,6 +121,7 @@ def _summary(stats: PatchStats, top: int) -> dict[str, Any]:
 
 def run(args: argparse.Namespace) -> int:
     """Run ``firstlayer stats``."""
+    from firstlayer._io import check_writable
     from firstlayer.report.inputs import parse_normalization
 
     dataset = dataset_of(args)
@@ -129,6 +138,10 @@ def run(args: argparse.Namespace) -> int:
         "decoder": None if args.decoder == "auto" else args.decoder,
     }
     options.update({k: v for k, v in folder.items() if v is not None})
+    if args.on_error != "raise":
+        options["on_error"] = args.on_error
+    if args.out:
+        check_writable(args.out, "--out")  # before the work: a result is never lost at the end
     t0 = time.monotonic()
     if args.scheduler or args.workers is not None:
         from firstlayer.distributed import sharded_stats

@@ -84,6 +84,9 @@ class Source:
     has_labels: bool | None = False
     n_classes: int | None = None
     class_names: list[str] | None = None
+    #: Smallest image side the consumer can use (the window less the padding): sources of
+    #: files report smaller images as unreadable items, with their path.
+    min_side: int = 1
 
     def fingerprint(self) -> str:
         """A string that changes when the source's content or order changes."""

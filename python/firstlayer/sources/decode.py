@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -18,9 +19,13 @@ from typing import Any
 
 import numpy as np
 
+from firstlayer._validate import MAX_IMAGE_PIXELS
+
 __all__ = ["DecodeOptions", "center_crop_array", "decode_image", "decode_options"]
 
 DECODERS = ("auto", "pillow", "rust")
+#: The Rust decoder's reason prefix for files it leaves to Pillow (``decode.rs::UNSUPPORTED``).
+_UNSUPPORTED = "Unsupported: "
 
 
 @dataclass(frozen=True)
@@ -81,12 +86,23 @@ def decode_options(
             raise ValueError(f"{arg} must be a positive int or (height, width), got {value!r}")
         return vals
 
+    def bounded(value: Any, arg: str) -> Any:
+        # Checked here, before a decoder allocates the image (see _validate.MAX_IMAGE_PIXELS).
+        if value is not None:
+            h, w = (value, value) if isinstance(value, int) else value
+            if h * w > MAX_IMAGE_PIXELS:
+                raise ValueError(
+                    f"{arg}: expected at most {MAX_IMAGE_PIXELS:,} pixels per image, got "
+                    f"{value!r} ({h * w:,} pixels)"
+                )
+        return value
+
     if not isinstance(grayscale, bool):
         raise TypeError(f"grayscale must be True or False, got {grayscale!r}")
     return DecodeOptions(
         grayscale=grayscale,
-        resize=size(resize, "resize", True),
-        center_crop=size(center_crop, "center_crop", False),
+        resize=bounded(size(resize, "resize", True), "resize"),
+        center_crop=bounded(size(center_crop, "center_crop", False), "center_crop"),
     )
 
 
@@ -163,9 +179,25 @@ def decode_image(path: str | os.PathLike[str], opts: DecodeOptions | None = None
     """
     from PIL import Image
 
+    opts = opts or DecodeOptions()
+    # Only regular files: open() of a FIFO blocks until a writer comes, a device never ends.
+    if not stat.S_ISREG(os.stat(path).st_mode):
+        raise OSError(f"{os.fspath(path)}: not a regular file (a FIFO, device, socket or folder)")
     with Image.open(path) as img:
+        if img.width * img.height > MAX_IMAGE_PIXELS:  # the header's claim, before decoding
+            raise ValueError(
+                f"image of {img.height} x {img.width} pixels is above the limit of "
+                f"{MAX_IMAGE_PIXELS:,} pixels"
+            )
+        if opts.resize is not None:
+            nh, nw = _resized_size(img.height, img.width, opts.resize)
+            if nh * nw > MAX_IMAGE_PIXELS:
+                raise ValueError(
+                    f"resize={opts.resize!r} makes {nh} x {nw} pixels, above the limit of "
+                    f"{MAX_IMAGE_PIXELS:,} pixels"
+                )
         img.load()
-        return pil_to_array(img, opts or DecodeOptions())
+        return pil_to_array(img, opts)
 
 
 def _decode_or_reason(path: str, opts: DecodeOptions) -> np.ndarray | str:
@@ -224,7 +256,14 @@ class _RustDecoder(Decoder):
             center_crop=self.opts.center_crop,
             threads=self.threads,
         )
-        return [o if isinstance(o, str) else np.ascontiguousarray(o) for o in out]
+        # What the Rust decoder does not decode exactly as Pillow (TIFF, WebP, PPM/PGM,
+        # progressive and CMYK JPEGs) it answers "Unsupported: ..."; Pillow decodes those.
+        return [
+            (_decode_or_reason(p, self.opts) if o.startswith(_UNSUPPORTED) else o)
+            if isinstance(o, str)
+            else np.ascontiguousarray(o)
+            for p, o in zip(paths, out, strict=True)
+        ]
 
     def submit(self, paths: list[str]) -> Callable[[], list[np.ndarray | str]]:
         fut: Future[list[np.ndarray | str]] = self.pool.submit(self._run, paths)

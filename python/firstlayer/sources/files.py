@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import stat
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -96,6 +97,12 @@ class FileListSource(Source):
                     if isinstance(out, str):
                         skipped.append((self.files[i + k], out))
                         continue
+                    if min(out.shape[:2]) < self.min_side:
+                        h, w = out.shape[:2]
+                        m = self.min_side
+                        why = f"image of {h} x {w} pixels, smaller than the {m} x {m} window"
+                        skipped.append((self.files[i + k], why))
+                        continue
                     images.append(out)
                     if self.labels is not None:
                         labels.append(self.labels[i + k])
@@ -105,19 +112,64 @@ class FileListSource(Source):
             dec.close()
 
 
+def _is_regular(entry: os.DirEntry[str]) -> bool:
+    try:
+        return stat.S_ISREG(entry.stat(follow_symlinks=True).st_mode)
+    except OSError:
+        return entry.is_symlink()  # dangling: kept, so that the decoder reports it
+
+
 def has_image_ext(name: str) -> bool:
     """Whether the file name ends in one of :data:`IMAGE_EXTENSIONS` (any case)."""
     return name.lower().endswith(IMAGE_EXTENSIONS)
 
 
-def _walk_images(folder: Path) -> list[str]:
-    """Image files under ``folder``, walked in sorted order (as torchvision's ``make_dataset``)."""
-    found = []
-    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
-        dirnames.sort()
-        for fn in sorted(filenames):
-            if has_image_ext(fn):
-                found.append(os.path.join(dirpath, fn))
+def _walk_images(folder: Path, seen: set[tuple[int, int]] | None = None) -> list[str]:
+    """Image files under ``folder`` in sorted order (as torchvision's ``make_dataset``).
+
+    Symbolic links are followed, but each directory is entered once, by ``(device, inode)``:
+    a link loop or a link to ``.`` can neither hang the walk nor count an image twice. Only
+    regular files are taken (a FIFO named ``x.png`` would block its reader forever); a link
+    that leads nowhere is kept, so that the decoder reports it. A folder that cannot be read is
+    a ``PermissionError`` naming it, never a silently smaller dataset.
+    """
+    seen = set() if seen is None else seen
+    found: list[str] = []
+
+    def walk(path: str) -> None:
+        try:
+            st = os.stat(path)
+        except OSError as exc:
+            raise PermissionError(f"{path}: cannot read this folder ({exc.strerror})") from exc
+        key = (st.st_dev, st.st_ino)
+        if key in seen:
+            return
+        seen.add(key)
+        try:
+            with os.scandir(path) as it:
+                entries = sorted(it, key=lambda e: e.name)
+        except OSError as exc:
+            raise PermissionError(
+                f"{path}: cannot list this folder ({exc.strerror}); fix its permissions or "
+                "move it out of the dataset"
+            ) from exc
+        subdirs = []
+        for e in entries:
+            try:
+                est = e.stat(follow_symlinks=True)
+            except OSError:
+                if e.is_symlink() and has_image_ext(e.name):
+                    found.append(e.path)  # a dangling link: the decoder reports it
+                continue
+            if stat.S_ISDIR(est.st_mode):
+                subdirs.append(e.path)
+            elif stat.S_ISREG(est.st_mode) and has_image_ext(e.name):
+                found.append(e.path)
+        # os.walk's order: a folder's files, then its sub-folders, each in sorted order.
+        for d in subdirs:
+            walk(d)
+
+    walk(os.fspath(folder))
     return found
 
 
@@ -163,9 +215,19 @@ def image_folder(
                 f"source={name!r}: no image files ({', '.join(IMAGE_EXTENSIONS)}) found"
             )
         return source(files)
-    classes = sorted(e.name for e in os.scandir(root) if e.is_dir(follow_symlinks=True))
-    per_class = [_walk_images(root / c) for c in classes]
-    top = sorted(e.name for e in os.scandir(root) if e.is_file() and has_image_ext(e.name))
+    try:
+        with os.scandir(root) as it:
+            entries = sorted(it, key=lambda e: e.name)
+    except NotADirectoryError:
+        raise
+    except OSError as exc:
+        raise PermissionError(f"source={name!r}: cannot list this folder ({exc.strerror})") from exc
+    classes = [e.name for e in entries if e.is_dir(follow_symlinks=True)]
+    st = os.stat(root)
+    # Each class walks its own tree (a class linked to another is read twice, as torchvision
+    # does), but never back into the dataset's root.
+    per_class = [_walk_images(root / c, {(st.st_dev, st.st_ino)}) for c in classes]
+    top = [e.name for e in entries if _is_regular(e) and has_image_ext(e.name)]
     labelled = [(c, f) for c, f in zip(classes, per_class, strict=True) if f]
     if labelled and top:
         raise ValueError(

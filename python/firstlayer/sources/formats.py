@@ -9,6 +9,7 @@ from __future__ import annotations
 import gzip
 import os
 import tarfile
+import zipfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -34,13 +35,21 @@ def file_identity(path: Path) -> str:
 def npy_source(path: str | os.PathLike[str], *, layout: Layout | None, labels: Any) -> ArraySource:
     """A ``.npy`` file, memory-mapped (only the current batch is read)."""
     p = Path(path)
-    arr = np.load(p, mmap_mode="r", allow_pickle=False)
+    try:
+        arr = np.load(p, mmap_mode="r", allow_pickle=False)
+    except ValueError:
+        raise ValueError(
+            f"source={str(p)!r}: not a readable .npy array (another kind of file, or pickled "
+            "objects, which firstlayer never unpickles)"
+        ) from None
     return ArraySource(arr, layout=layout, labels=labels, name=str(p), identity=file_identity(p))
 
 
 def npz_source(path: str | os.PathLike[str], *, layout: Layout | None, labels: Any) -> ArraySource:
     """A ``.npz`` with an ``images`` array (or a single 3-D/4-D array) and optional ``labels``."""
     p = Path(path)
+    if not zipfile.is_zipfile(p):
+        raise ValueError(f"source={str(p)!r}: not a readable .npz file (no zip directory)")
     with np.load(p, allow_pickle=False) as f:
         keys = list(f.files)
         if "images" in keys:

@@ -107,7 +107,9 @@ def open_source(
         and hasattr(source, "__len__")
         and not isinstance(source, dict)
     ):
-        if isinstance(source, list | tuple) and source and is_pil(source[0]):
+        # A list of single images (PIL, or 2-D / 3-D arrays and tensors) is that many images,
+        # each read by the per-image layout rule; a list of 4-D arrays is a list of batches.
+        if isinstance(source, list | tuple) and source and _single_images(source):
             return MapDatasetSource(
                 source, opts=opts, layout=layout, on_error=on_error, name="list"
             )
@@ -177,6 +179,13 @@ def _open_path(
             [str(p)], name=str(p), opts=opts, decode_threads=decode_threads, decoder=decoder
         )
     else:
+        with open(p, "rb") as fh:
+            head = fh.read(2)
+        if head[:1] != b"\x80":  # every pickle protocol >= 2 (CIFAR's) starts so
+            raise ValueError(
+                f"source={text!r}: not a file firstlayer reads (expected an image, a .npy/.npz "
+                "array file or a CIFAR batch pickle)"
+            )
         src = cifar_source(p.parent, [p.name], n_classes=10, meta="batches.meta", name=str(p))
     _refuse_transforms(opts, src, text)
     return src
@@ -197,3 +206,13 @@ def _explicit_labels(labels: Any) -> Any:
     if isinstance(labels, str | os.PathLike):
         return np.load(Path(labels), allow_pickle=False)
     return labels
+
+
+def _single_images(items: Sequence[Any]) -> bool:
+    first = items[0]
+    if isinstance(first, tuple | list) and first:  # (image, label) pairs
+        first = first[0]
+    if is_pil(first):
+        return True
+    ndim = getattr(first, "ndim", None)
+    return ndim in (2, 3) and (isinstance(first, np.ndarray) or is_torch_tensor(first))

@@ -62,6 +62,11 @@ def _single_image(x: Any, opts: DecodeOptions, layout: Layout | None) -> tuple[n
             return arr, "NHWC"
         if arr.ndim == 3:
             if layout is None:
+                if arr.shape[0] not in (1, 3, 4) and arr.shape[-1] not in (1, 3, 4):
+                    raise ValueError(
+                        f"a 3-D image must be (H, W, C) or (C, H, W) with C in 1, 3, 4, got "
+                        f"shape {arr.shape}; pass a 4-D batch for a stack of one-channel images"
+                    )
                 layout = (
                     "NHWC" if arr.shape[-1] in (1, 3, 4) and arr.shape[0] not in (1, 3) else "NCHW"
                 )

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from firstlayer._validate import check_finite, check_int
 from firstlayer.profile import _as_float64
 from firstlayer.theory.formula import _check_eta, _eigenvalues, linear_profile
 
@@ -143,14 +144,16 @@ def fit(
     (300, 1.0)
     """
     ev_all = _eigenvalues(stats, "stats")
-    y_all = _as_float64(profile, "profile").ravel()
+    y_all = check_finite("profile", _as_float64(profile, "profile").ravel())
     if y_all.size != ev_all.size:
         msg = (
             f"profile: expected {ev_all.size} values, one per PCA component of the statistics, "
             f"got {y_all.size}"
         )
         raise ValueError(msg)
-    m = ev_all.size if n_components is None else int(n_components)
+    m = ev_all.size
+    if n_components is not None:
+        m = check_int("n_components", n_components, 2, ev_all.size)
     if not 2 <= m <= ev_all.size:
         msg = f"n_components: expected 2..{ev_all.size}, got {n_components}"
         raise ValueError(msg)
@@ -251,7 +254,7 @@ def paper_fit_loop(
     t : int
         Its step count (0 when none is positive).
     """
-    profile = np.asarray(model_profile, dtype=np.float64)
+    profile = check_finite("model_profile", _as_float64(model_profile, "model_profile"))
     s = np.asarray(lambdas, dtype=np.float64)
     s2 = np.asarray(lambda_squared, dtype=np.float64)
     a = eta * s2 / (2 * n_images)

@@ -14,7 +14,12 @@ from typing import Any
 
 import numpy as np
 
+from firstlayer._validate import check_finite
+
 __all__ = ["LABEL_MODES", "Dataset", "channel_stats", "load_dataset", "make_labels", "test_name"]
+
+#: Most classes a training run takes when the dataset does not say its class count.
+MAX_TRAIN_CLASSES = 2**16
 
 #: ``true``: the dataset's labels; ``random``: a fixed random permutation of them (class balance
 #: kept, as in the paper's code); ``uniform``: labels drawn uniformly at random.
@@ -73,6 +78,8 @@ def _to_uint8_nchw(arr: np.ndarray, layout: str | None, what: str) -> np.ndarray
         arr = arr.transpose(0, 3, 1, 2)
     if arr.dtype != np.uint8:
         if arr.dtype.kind == "f":
+            # NaN would round to 0 and train on made-up pixels: refuse it, naming the images.
+            check_finite(f"{what} (float pixels)", arr)
             if arr.size and (float(np.nanmin(arr)) < 0 or float(np.nanmax(arr)) > 1):
                 msg = (
                     f"{what}: float images must lie in [0, 1] (they are stored as uint8 "
@@ -156,6 +163,13 @@ def load_dataset(
         raise ValueError(msg)
     if y.min() < 0:
         msg = f"{what}: expected labels >= 0, got {int(y.min())}"
+        raise ValueError(msg)
+    # The network gets one output per class: a stray huge label would size it (and fail in
+    # torch's allocator with a message that never says "label").
+    limit = n_classes if n_classes is not None else MAX_TRAIN_CLASSES
+    if int(y.max()) >= limit:
+        bound = "the dataset's" if n_classes is not None else "firstlayer's training"
+        msg = f"{what}: expected labels below {limit} ({bound} class count), got {int(y.max())}"
         raise ValueError(msg)
     return Dataset(np.ascontiguousarray(images), y, n_classes, name, fingerprint)
 

@@ -29,7 +29,8 @@ from firstlayer.reproduce import (  # noqa: E402
     plan,
     reproduce,
 )
-from firstlayer.reproduce.claims import holds  # noqa: E402
+from firstlayer.reproduce.claims import VERDICTS, holds, verdict  # noqa: E402
+from firstlayer.reproduce.scales import runs  # noqa: E402
 
 REQUIRED = ("id", "claim", "paper", "measured", "spread", "holds")
 
@@ -136,6 +137,94 @@ def test_experiment_details_consistent(tiny: Path) -> None:
         assert len(tr["steps"]) == len(tr["eta_t"]) == len(tr["correlation"])
     e3 = _exp(tiny, 3)["details"]
     assert len(e3["correlations"]) == len(sc.arch_seeds) ** 2
+
+
+#: Claims read from the runs' snapshots along training (one curve per run pair or run).
+ALONG = ("1a", "1b", "2", "3", "4a", "4b", "8a", "8b", "8c")
+
+
+def test_claims_have_verdicts_regimes_and_causes(tiny: Path) -> None:
+    claims = {c["id"]: c for c in _claims(tiny)}
+    for c in claims.values():
+        assert c["verdict"] in VERDICTS, c["id"]
+        assert isinstance(c["cause"], str) and isinstance(c["regime"], dict)
+        # The verdict follows from the end value and the regime of the runs behind the claim.
+        assert (c["verdict"], c["cause"]) == verdict(c["holds"], c["regime"]), c["id"]
+        for g in c["regime"].values():
+            assert set(g) >= {"train_acc", "eta_t", "fit_correlation", "relative_change",
+                              "settled", "settle_change", "settling"}  # fmt: skip
+        if c["verdict"] == "not comparable" and c["holds"] is False:
+            assert "did not settle" in c["cause"]
+    # Training claims carry their runs' regimes; the linear-CNN and label checks carry none.
+    assert set(claims["4a"]["regime"]) == {r.name for k in ("true", "random")
+                                           for r in runs(SCALES["tiny"])[k]}  # fmt: skip
+    assert claims["6a"]["regime"] == {} and claims["5c"]["regime"] == {}
+    assert claims["4m"]["beyond_paper"] is True and claims["4a"]["beyond_paper"] is False
+
+
+def test_verdict_rule() -> None:
+    settled = {"r-random-s0": {"settled": True, "settle_change": 0.01, "train_acc": 0.99}}
+    moving = {"r-random-s0": {"settled": False, "settle_change": 0.04, "train_acc": 0.31},
+              "r-true-s0": {"settled": True, "settle_change": 0.01, "train_acc": 0.99}}  # fmt: skip
+    assert verdict(True, settled) == ("holds", "")
+    assert verdict(False, settled) == ("does not hold", "every run behind it settled")
+    word, cause = verdict(False, moving)
+    assert word == "not comparable"
+    assert cause == (
+        "1 of 1 random-label runs did not settle: the profile still changes by 4% over the last "
+        "20% of steps (train accuracy 31%)"
+    )
+    assert verdict(True, moving)[0] == "holds" and "did not settle" in verdict(True, moving)[1]
+    assert verdict(None, moving) == ("not comparable", "not measured")
+    assert verdict(False, {}) == ("does not hold", "no training run is behind it")
+
+
+def test_claims_along_training_end_at_the_measured_values(tiny: Path) -> None:
+    from firstlayer.profile import energy_profile
+
+    claims = {c["id"]: c for c in _claims(tiny)}
+    for cid in ALONG:
+        c = claims[cid]
+        tr = c["trajectory"]
+        assert tr["x"] == [tr["step"]] * len(tr["values"]), cid
+        assert len(tr["values"]) == c["n"], cid
+        # The curve's last point is the end-of-training value of the table (the last snapshot
+        # is the final first layer).
+        np.testing.assert_allclose([v[-1] for v in tr["values"]], c["values"], atol=1e-9)
+    e4 = _exp(tiny, 4)["details"]
+    want = [a["aligned"]["correlation"][-1] for a in e4["aligned"] if a["aligned"]["correlation"]]
+    assert claims["4m"]["values"] == want
+    # One run's regime recomputed from its folder with numpy.
+    name = runs(SCALES["tiny"])["random"][0].name
+    g = claims["4b"]["regime"][name]
+    run = tiny / "runs" / name
+    w0 = np.load(run / "first_layer_init.npy").astype(np.float64)
+    snaps = sorted((run / "snapshots").glob("step_*.npy"))
+    steps = np.array([int(f.stem[5:]) for f in snaps])
+    ws = [np.load(f).astype(np.float64) for f in snaps]
+    assert g["steps"] == steps[-1]
+    assert g["relative_change"] == pytest.approx(np.linalg.norm(ws[-1] - w0) / np.linalg.norm(w0))
+    last = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()][-1]
+    assert g["train_acc"] == pytest.approx(last["train_acc"])
+    from firstlayer.constants import CIFAR10_MEAN, CIFAR10_STD
+    from firstlayer.streaming import patch_stats
+
+    with np.load(tiny / "data" / "train.npz") as d:
+        st = patch_stats(d["images"], 3).normalized(CIFAR10_MEAN, CIFAR10_STD)
+    prof = np.stack([energy_profile(w, st, init=w0) for w in ws[1:]])
+    prof /= prof.max(axis=1, keepdims=True)
+    at = 0.8 * steps[-1]
+    before = np.array([np.interp(at, steps[1:], prof[:, i]) for i in range(27)])
+    change = np.linalg.norm(prof[-1] - before) / np.linalg.norm(prof[-1])
+    assert g["settle_change"] == pytest.approx(change, rel=1e-9)
+    assert g["settled"] == (change < 0.02)
+    page = (tiny / "index.html").read_text()
+    assert "Each run&#x27;s regime" in page or "Each run's regime" in page
+    assert "beyond the paper" in page and "Settling rule" in page
+    for f in ("claims_along_training.png", "true_random_trajectory.png"):
+        assert (tiny / f).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    text = format_claims(_claims(tiny))
+    assert "[beyond the paper]" in text and "4m" in text
 
 
 def test_pretrained_experiment(tiny: Path) -> None:

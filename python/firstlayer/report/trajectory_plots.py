@@ -68,9 +68,10 @@ def pair_trajectories_figure(
 def draw_claim_curves(curves: Sequence[dict[str, Any]]) -> Any:
     """One panel per claim of ``firstlayer reproduce``: its value at every recorded step.
 
-    Each entry of ``curves``: ``id``, ``claim``, ``paper``, ``paper_spread``, ``step`` and
-    ``values`` (one list per run pair or run, per step). The paper's number is the dashed line
-    (its spread shaded). Returns the matplotlib Figure.
+    Each entry of ``curves``: ``id``, ``claim``, ``paper``, ``paper_spread``, ``x`` and
+    ``values`` (one list per run pair or run: the x values, steps or eta*t, and the claim's value
+    there), ``x_label``. The paper's number is the dashed line (its spread shaded). Returns the
+    matplotlib Figure.
     """
     n = max(len(curves), 1)
     cols = min(3, n)
@@ -79,9 +80,9 @@ def draw_claim_curves(curves: Sequence[dict[str, Any]]) -> Any:
                   top=1 - 0.35 / (2.7 * rows + 0.3), wspace=0.25, hspace=0.55)  # fmt: skip
     axes = np.atleast_1d(fig.subplots(rows, cols)).ravel()
     for ax, c in zip(axes, curves, strict=False):
-        steps = _arr(c["step"])
-        for k, v in enumerate(c["values"]):
-            ax.plot(steps, _arr(v), "o-", ms=2.5, lw=1, color=f"C{k % 10}", alpha=0.8)
+        for k, (x, v) in enumerate(zip(c["x"], c["values"], strict=True)):
+            if len(x):
+                ax.plot(_arr(x), _arr(v), "o-", ms=2.5, lw=1, color=f"C{k % 10}", alpha=0.8)
         paper, spread = float(c["paper"]), float(c.get("paper_spread") or 0.0)
         ax.axhline(paper, color="0.2", ls="--", lw=1)
         if spread:
@@ -91,7 +92,7 @@ def draw_claim_curves(curves: Sequence[dict[str, Any]]) -> Any:
         ax.grid(alpha=0.3)
         ax.set_title(f"{c['id']}: {c['claim'][:48]}", fontsize=8)
         ax.set_xlabel(c.get("x_label", "optimiser step"), fontsize=8)
-        ax.tick_params(labelsize=7)
+        ax.tick_params(which="both", labelsize=7)
     for ax in axes[len(curves) :]:
         ax.set_visible(False)
     return fig

@@ -55,6 +55,7 @@ class Context:
         self._data = None
         self._stats: Any = None
         self._trained: dict[str, Trained] = {}
+        self._trajectories: dict[str, Any] = {}
         self.plan = runs(scale)
 
     # -- data ---------------------------------------------------------------------------------
@@ -161,6 +162,35 @@ class Context:
             quiet=True,
         )
         self.say(f"  {run.name} done in {time.monotonic() - t0:.0f}s")
+
+    # -- along training -----------------------------------------------------------------------
+
+    def trajectory(self, run: Trained) -> Any:
+        """The run's :class:`firstlayer.trajectory.Trajectory` (PCA basis), computed once."""
+        if run.name not in self._trajectories:
+            from firstlayer.profile import energy_profile
+            from firstlayer.trajectory import trajectory
+
+            st = self.stats()
+            keep = run.steps > 0
+            steps, snaps = run.steps[keep], run.snapshots[keep]
+            if not np.any(keep):  # a run without snapshots: its final layer alone
+                steps = np.array([max(int(run.metrics.get("step") or 1), 1)])
+                snaps = run.final[None]
+            profiles = np.stack([energy_profile(w, st, init=run.init) for w in snaps])
+            n0 = float(np.linalg.norm(run.init))
+            rel = [float(np.linalg.norm(w - run.init)) / n0 for w in snaps]
+            acc = run.metrics.get("train_acc")
+            self._trajectories[run.name] = trajectory(
+                steps, profiles, st, name=run.name, relative_change=rel,
+                train_acc=float(acc) if isinstance(acc, int | float) else None,
+            )  # fmt: skip
+        return self._trajectories[run.name]
+
+    def regime(self, runs: list[Trained]) -> dict[str, dict[str, Any]]:
+        """Run name -> regime (:meth:`Trajectory.regime` plus the labels it was trained on)."""
+        labels = {r.name: r.labels for items in self.plan.values() for r in items}
+        return {r.name: {**self.trajectory(r).regime(), "labels": labels.get(r.name)} for r in runs}
 
     def run_names(self) -> list[str]:
         """Names of the runs loaded so far."""

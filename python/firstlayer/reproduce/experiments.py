@@ -41,6 +41,49 @@ def _pairs(a: list[np.ndarray], b: list[np.ndarray] | None = None) -> list[float
     return [profile_correlation(x, y) for x in a for y in b]
 
 
+def _common_steps(runs: list[Any]) -> np.ndarray:
+    """Steps after 0 that every run recorded (runs of a scale share their schedule)."""
+    steps: np.ndarray | None = None
+    for r in runs:
+        s = r.steps[r.steps > 0]
+        steps = s if steps is None else np.intersect1d(steps, s)
+    return np.zeros(0, np.int64) if steps is None else steps
+
+
+def _snap(r: Any, step: int) -> np.ndarray:
+    return np.asarray(r.snapshots[int(np.searchsorted(r.steps, step))])
+
+
+def _along_pairs(pairs: list[tuple[Any, Any]], stats: Any, basis: str = "pca") -> dict[str, Any]:
+    """Each pair's profile correlation at every step both runs recorded (one curve per pair)."""
+    steps = _common_steps([r for pr in pairs for r in pr])
+    values = [
+        [
+            profile_correlation(_prof(_snap(x, s), stats, x.init, basis),
+                                _prof(_snap(y, s), stats, y.init, basis))
+            for s in steps
+        ]
+        for x, y in pairs
+    ]  # fmt: skip
+    return _curve(steps, values)
+
+
+def _along_init(runs: list[Any], stats: Any, basis: str = "pca") -> dict[str, Any]:
+    """Each run's profile of ``W_s - W_0`` against the profile of ``W_0``, at every step."""
+    steps = _common_steps(runs)
+    values = [
+        [profile_correlation(_prof(_snap(r, s), stats, r.init, basis),
+                             _prof(r.init, stats, None, basis)) for s in steps]
+        for r in runs
+    ]  # fmt: skip
+    return _curve(steps, values)
+
+
+def _curve(steps: np.ndarray, values: list[list[float]]) -> dict[str, Any]:
+    st = [int(s) for s in steps]
+    return {"x_label": "optimiser step", "step": st, "x": [st] * len(values), "values": values}
+
+
 # ----------------------------------------------------------------------------------------------
 # Experiments
 # ----------------------------------------------------------------------------------------------
@@ -55,21 +98,25 @@ def _exp1(ctx: Context) -> dict[str, Any]:
     p_width = [_prof(r.final, st, r.init) for r in width]
     seed_r, width_r = _pairs(p_true), _pairs(p_width, p_true)
     arch = ctx.scale.main_arch
+    seed_pairs = [(true[i], true[j]) for i in range(len(true)) for j in range(i + 1, len(true))]
+    width_pairs = [(x, y) for x in width for y in true]
     claims = [
         claim("1a", 1, f"Energy profiles of one network ({arch}) agree across seeds", 0.99, None,
                "Table 1, CIFAR-10, VGG11, SEED", seed_r, "at_least", 0.05,
-               f"pairwise over {len(true)} seeds; {_SEED_NOTE}"),
+               f"pairwise over {len(true)} seeds; {_SEED_NOTE}", regime=ctx.regime(true),
+               trajectory=_along_pairs(seed_pairs, st)),
         claim("1b", 1, "Energy profiles agree across first-layer widths", 0.98, None,
                "Table 1, CIFAR-10, VGG11, WIDTH", width_r, "at_least", 0.05,
                f"first widths {list(ctx.scale.first_widths)} against every seed of the default "
-               f"width; {_SEED_NOTE}"),
+               f"width; {_SEED_NOTE}", regime=ctx.regime(true + width),
+               trajectory=_along_pairs(width_pairs, st)),
         claim("1c", 1, "The learned profile has little energy on the first PCA component (it "
                "peaks at intermediate components)", 0.2, None,
                "Fig. 3 / repository PNG, VGG11 CIFAR-10: ~0.2 at the first component, peak near "
                "the 6th", [float(p[0]) for p in p_true], "near", 0.2,
                "energy of the first component in the max-normalised profile; 1.0 means the "
                "profile peaks there (the theory's early-training regime), which also inflates "
-               "every correlation between profiles"),
+               "every correlation between profiles", regime=ctx.regime(true)),
     ]  # fmt: skip
     return {
         "claims": claims,
@@ -90,7 +137,8 @@ def _exp2(ctx: Context) -> dict[str, Any]:
     claims = [
         claim("2", 2, "The learned profile is far from the initialisation's (correlation ~ 0)",
                -0.13, 0.18, "Table 1, CIFAR-10, TRAINED VS INIT", vals, "near", 0.1,
-               "profile of W - W_init against the profile of W_init, per seed"),
+               "profile of W - W_init against the profile of W_init, per seed",
+               regime=ctx.regime(true), trajectory=_along_init(true, st)),
     ]  # fmt: skip
     return {"claims": claims, "details": {"trained_vs_init": vals, "raw_final_vs_init": raw}}
 
@@ -106,7 +154,8 @@ def _exp3(ctx: Context) -> dict[str, Any]:
         claim("3", 3, f"VGG-style ({na}, width {wa:g}) and ResNet-style ({nb}, width {wb:g}) "
                "networks learn similar profiles", 0.87, None,
                "Table 1, CIFAR-10, VGG VS RESNET", vals, "at_least", 0.1,
-               f"every {na} seed against every {nb} seed"),
+               f"every {na} seed against every {nb} seed", regime=ctx.regime(a + b),
+               trajectory=_along_pairs([(x, y) for x in a for y in b], st)),
     ]  # fmt: skip
     details = {
         "correlations": vals,
@@ -125,17 +174,41 @@ def _exp4(ctx: Context) -> dict[str, Any]:
     pr = [_prof(r.final, st, r.init) for r in rand]
     paired = [profile_correlation(x, y) for x, y in zip(pt, pr, strict=True)]
     r_init = [profile_correlation(p, _prof(r.init, st)) for p, r in zip(pr, rand, strict=True)]
+    from firstlayer.trajectory import compare_runs
+
+    comps = [compare_runs(ctx.trajectory(t), ctx.trajectory(r))
+             for t, r in zip(true, rand, strict=True)]  # fmt: skip
+    # Pairs whose eta*t ranges do not overlap have no aligned value; the note says which.
+    aligned = [c.aligned_last for c in comps if math.isfinite(c.aligned_last)]
+    reached = [float(c.aligned_eta_t[-1]) if c.aligned_eta_t.size else math.nan for c in comps]
+    al_curve = {
+        "x_label": "fitted eta*t (matched, interpolated between snapshots)",
+        "x": [c.aligned_eta_t.tolist() for c in comps],
+        "values": [c.aligned_correlation.tolist() for c in comps],
+    }
     claims = [
         claim("4a", 4, "True and random labels give the same profile", 0.90, 0.02,
                "Table 2, CIFAR-10, VGG (TRUE) VS VGG (RANDOM)", paired, "at_least", 0.05,
-               "same seed (same init) with true and with randomly permuted labels"),
+               "same seed (same init) with true and with randomly permuted labels",
+               regime=ctx.regime(true + rand), trajectory=_along_pairs(list(zip(true, rand,
+               strict=True)), st)),
         claim("4b", 4, "Random-label profiles are uncorrelated with the initialisation's", 0.03,
                0.22, "Table 2, CIFAR-10, VGG (RANDOM) V INIT", r_init, "near", 0.1,
-               "profile of W - W_init against the profile of W_init"),
+               "profile of W - W_init against the profile of W_init", regime=ctx.regime(rand),
+               trajectory=_along_init(rand, st)),
+        claim("4m", 4, "True and random labels give the same profile at matched fitted eta*t",
+               0.90, 0.02, "Table 2's number as reference; the comparison at matched eta*t is "
+               "firstlayer's extension", aligned, "at_least", 0.05,
+               "beyond the paper: each pair compared at the largest fitted eta*t both runs "
+               "reached (" + ", ".join(f"{e:.3g}" if math.isfinite(e) else "no overlap"
+               for e in reached) + "), profiles "
+               "interpolated between snapshots", regime=ctx.regime(true + rand),
+               trajectory=al_curve, beyond_paper=True),
     ]  # fmt: skip
     acc = {r.name: r.metrics.get("train_acc") for r in true + rand}
     details = {
         "true_vs_random": paired,
+        "aligned": [c.to_dict() for c in comps],
         "random_vs_init": r_init,
         "true_vs_random_all_pairs": _pairs(pt, pr),
         "train_accuracy": acc,
@@ -189,7 +262,8 @@ def _exp5(ctx: Context) -> dict[str, Any]:
     claims = [
         claim("5a", 5, f"The linear-CNN formula fits the trained {ctx.scale.main_arch}",
                0.94, 0.01, "Table 3, CIFAR-10 (VGG11, 3 seeds)", true_r, "at_least", 0.05,
-               "max over the step count t of the correlation with the formula"),
+               "max over the step count t of the correlation with the formula",
+               regime=ctx.regime(ctx.trained("true"))),
         claim("5b", 5, "A random initialisation does not fit the formula", 0.1, 0.15,
                "Table 3, RANDOM INIT.", init_r, "near", 0.1,
                "the same fit applied to each seed's initial first layer"),
@@ -359,17 +433,22 @@ def _exp8(ctx: Context) -> dict[str, Any]:
         if r.name in true_names:
             rhos.append(rho)
     note = "the paper's PCA-basis figure as reference; the DFT measure is firstlayer's extension"
+    seed_pairs = [(true[i], true[j]) for i in range(len(true)) for j in range(i + 1, len(true))]
     claims = [
         claim("8a", 8, "DFT basis: profiles agree across seeds", 0.99, None,
-               "Table 1 SEED (PCA basis)", seed_r, "at_least", 0.05, note),
+               "Table 1 SEED (PCA basis)", seed_r, "at_least", 0.05, note,
+               regime=ctx.regime(true), trajectory=_along_pairs(seed_pairs, st, "dft")),
         claim("8b", 8, "DFT basis: true and random labels give the same profile", 0.90, 0.02,
-               "Table 2 TRUE VS RANDOM (PCA basis)", tr_r, "at_least", 0.05, note),
+               "Table 2 TRUE VS RANDOM (PCA basis)", tr_r, "at_least", 0.05, note,
+               regime=ctx.regime(true + rand),
+               trajectory=_along_pairs(list(zip(true, rand, strict=True)), st, "dft")),
         claim("8c", 8, "DFT basis: the learned profile is far from the initialisation's", -0.13,
-               0.18, "Table 1 TRAINED VS INIT (PCA basis)", init_r, "near", 0.1, note),
+               0.18, "Table 1 TRAINED VS INIT (PCA basis)", init_r, "near", 0.1, note,
+               regime=ctx.regime(true), trajectory=_along_init(true, st, "dft")),
         claim("8d", 8, "The fitted eta*t grows during training (whitening reaches higher "
                "components)", 1.0, None, "Fig. 4 (qualitative; 1.0 = monotone)", rhos,
                "at_least", 0.2, "Spearman rank correlation of the fitted eta*t with the step, "
-               "over the first-layer snapshots of each true-label run"),
+               "over the first-layer snapshots of each true-label run", regime=ctx.regime(true)),
     ]  # fmt: skip
     details = {
         "seed_correlations": seed_r,

@@ -81,13 +81,52 @@ def _scale_notes(scale: Scale, data_desc: dict[str, Any]) -> list[str]:
         "Profiles are of W - W_init in the PCA basis of the normalised training patches "
         "(max-normalised, Pearson correlation), as in the authors' code."
     )
+    from firstlayer.trajectory import SETTLE_RULE
+
+    notes.append(
+        "Verdicts: 'holds' when the end-of-training value meets the paper's under the rule; "
+        "'does not hold' when it fails and every run behind it settled (a comparable regime); "
+        "'not comparable' when it fails while a run behind it had not settled (the cause gives "
+        f"the measured change). Settling rule: {SETTLE_RULE}. The measured number is always the "
+        "end-of-training value, as the paper reads it; the curves show it along training."
+    )
     return notes
 
 
-def _figures_html(claims: list[dict[str, Any]], results: dict[int, dict[str, Any]]) -> str:
-    """The claims figure and the true/random profiles figure; empty without matplotlib."""
+def _trajectory_figures(
+    out_dir: Path, claims: list[dict[str, Any]], results: dict[int, dict[str, Any]]
+) -> str:
+    """The claims along training and the true-vs-random trajectory, also written as PNGs."""
+    from firstlayer.report.trajectory_plots import claim_curves_figure, pair_trajectories_figure
+
+    html = ""
+    keys = ("id", "claim", "paper", "paper_spread")
+    curves = [{**c["trajectory"], **{k: c[k] for k in keys}} for c in claims if c.get("trajectory")]
+    if curves:
+        png = claim_curves_figure(curves)
+        atomic_write_bytes(out_dir / "claims_along_training.png", png)
+        html += "<h3>The claims along training</h3><p>Each claim's value at every recorded " \
+            "step (one curve per run pair or run; 4m against matched fitted eta*t, beyond the " \
+            "paper), with the paper's number dashed and its spread shaded. The end of each " \
+            "curve is the measured number of the table.</p>"  # fmt: skip
+        html += figure_html(png, "the claims along training")
+    pairs = results.get(4, {}).get("details", {}).get("aligned")
+    if pairs:
+        png = pair_trajectories_figure(pairs, 0.90, "True vs random labels (paper: 0.90)")
+        atomic_write_bytes(out_dir / "true_random_trajectory.png", png)
+        html += figure_html(png, "true against random labels along training")
+    return html
+
+
+def _figures_html(
+    claims: list[dict[str, Any]], results: dict[int, dict[str, Any]], out_dir: Path | None = None
+) -> str:
+    """The claims figure, the claims along training and the true/random profiles figure; empty
+    without matplotlib."""
     try:
         figs = figure_html(claims_figure(claims), "paper against measured, per claim")
+        if out_dir is not None:
+            figs += _trajectory_figures(out_dir, claims, results)
         if 4 in results and 5 in results:
             prof = results[4]["details"]["profiles"]
             fits = results[5]["details"]["fits"]
@@ -104,6 +143,15 @@ def _figures_html(claims: list[dict[str, Any]], results: dict[int, dict[str, Any
     return figs
 
 
+def _regimes(results: dict[int, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Every training run's regime, from the claims that carry them."""
+    out: dict[str, dict[str, Any]] = {}
+    for n in sorted(results):
+        for c in results[n]["claims"]:
+            out.update(c.get("regime") or {})
+    return dict(sorted(out.items()))
+
+
 def write_report(
     ctx: Context, results: dict[int, dict[str, Any]], command: Sequence[str]
 ) -> tuple[Path, list[dict[str, Any]]]:
@@ -115,7 +163,9 @@ def write_report(
     notes = _scale_notes(ctx.scale, desc)
     if 7 in results and "natural_images" in results[7]["details"]:
         notes.append(f"Experiment 7 patch statistics: {results[7]['details']['natural_images']}.")
-    section = claims_html(claims, ctx.scale.name, notes, _figures_html(claims, results))
+    section = claims_html(
+        claims, ctx.scale.name, notes, _figures_html(claims, results, out_dir), _regimes(results)
+    )
     run_dirs = sorted({p for p in (out_dir / "runs").glob("*") if (p / "result.json").is_file()})
     index = out_dir / "index.html"
     if not run_dirs:
@@ -147,6 +197,7 @@ def write_report(
     data["reproduce"] = {
         "scale": ctx.scale.name,
         "claims": claims,
+        "regimes": _regimes(results),
         "notes": notes,
         "runs_key": runs_key,
     }

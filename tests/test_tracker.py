@@ -317,3 +317,29 @@ def test_lightning_trainer_with_the_callback_makes_a_reportable_run(
     assert r[-1].value == pytest.approx(final_fit.correlation, abs=1e-6)
     assert eta_t[-1].value == pytest.approx(final_fit.eta_t, rel=1e-6)
     assert len(events.Images("firstlayer/profile")) == len(eta_t)
+
+
+def test_tensorboard_writer_on_a_plain_loop(tmp_path: Path, sample: tuple[Any, Any]) -> None:
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from firstlayer.integrations.tensorboard import TensorBoardWriter
+
+    images, _, _ = load_sample("test")
+    stats = firstlayer.patch_stats(images[:100], kernel_size=3).normalized([0, 0, 0], [1, 1, 1])
+    model = small_net(2)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    writer = TensorBoardWriter(tmp_path / "tb", stats, images=False)
+    with firstlayer.track(model, tmp_path / "r", optimizer=opt, snapshots=[0, 2, 4],
+                          on_snapshot=[writer]):  # fmt: skip
+        for _, xb, yb in list(batches(sample, 1))[:4]:
+            opt.zero_grad()
+            F.cross_entropy(model(xb), yb).backward()
+            opt.step()
+    writer.writer.close()
+    events = EventAccumulator(str(tmp_path / "tb"))
+    events.Reload()
+    assert [e.step for e in events.Scalars("firstlayer/eta_t")] == [2, 4]
+    assert "firstlayer/profile" not in events.Tags()["images"]
+    with pytest.raises(TypeError, match="stats: expected a PatchStats"):
+        TensorBoardWriter(tmp_path / "tb2", "stats")

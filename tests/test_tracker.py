@@ -343,3 +343,37 @@ def test_tensorboard_writer_on_a_plain_loop(tmp_path: Path, sample: tuple[Any, A
     assert "firstlayer/profile" not in events.Tags()["images"]
     with pytest.raises(TypeError, match="stats: expected a PatchStats"):
         TensorBoardWriter(tmp_path / "tb2", "stats")
+
+
+def test_two_tracked_runs_compare_along_training(
+    tmp_path: Path, sample: tuple[Any, Any], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The report's pair trajectory and trajectory.compare_runs read tracked runs unchanged."""
+    from firstlayer.trajectory import compare_runs
+
+    for seed in (0, 1):
+        model = small_net(seed)
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        with firstlayer.track(model, tmp_path / f"s{seed}", optimizer=opt, total_steps=8,
+                              mean=[0, 0, 0], std=[1, 1, 1]):  # fmt: skip
+            for _, xb, yb in batches(sample, 1):
+                opt.zero_grad()
+                F.cross_entropy(model(xb), yb).backward()
+                opt.step()
+    out = tmp_path / "report"
+    code = main(["compare", str(tmp_path / "s0"), str(tmp_path / "s1"), "--dataset", "sample",
+                 "--out", str(out), "-q", "--json"])  # fmt: skip
+    assert code == 0, capsys.readouterr().err
+    data = json.loads((out / "report.json").read_text())
+    (pair,) = data["pairs"]
+    steps = sorted(snapshot_steps(16, 8) - {0})
+    assert pair["trajectory"]["step"] == steps
+    # the normalisation the runs recorded (mean/std given to track) is the one the report used
+    norm = data["groups"][0]["normalization"]
+    assert norm["name"] == "run" and norm["mean"] == [0, 0, 0] and norm["std"] == [1, 1, 1]
+
+    images, _, _ = load_sample("test")
+    seen = firstlayer.patch_stats(images, kernel_size=3).normalized([0, 0, 0], [1, 1, 1])
+    c = compare_runs(tmp_path / "s0", tmp_path / "s1", seen)
+    assert c.steps.tolist() == steps
+    np.testing.assert_allclose(c.correlation, pair["trajectory"]["correlation"], atol=1e-9)

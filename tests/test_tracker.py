@@ -377,3 +377,45 @@ def test_two_tracked_runs_compare_along_training(
     c = compare_runs(tmp_path / "s0", tmp_path / "s1", seen)
     assert c.steps.tolist() == steps
     np.testing.assert_allclose(c.correlation, pair["trajectory"]["correlation"], atol=1e-9)
+
+
+def test_transformers_trainer_with_the_callback_makes_a_run(
+    tmp_path: Path, sample: tuple[Any, Any]
+) -> None:
+    pytest.importorskip("transformers")
+    pytest.importorskip("accelerate")
+    from transformers import Trainer, TrainingArguments
+
+    from firstlayer.integrations.transformers import FirstLayerTrainerCallback
+
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.body = small_net()
+
+        def forward(self, pixel_values: Any, labels: Any = None) -> dict[str, Any]:
+            logits = self.body(pixel_values)
+            return {"loss": F.cross_entropy(logits, labels), "logits": logits}
+
+    x, y = sample
+    data = [{"pixel_values": x[i], "labels": y[i]} for i in range(200)]
+    args = TrainingArguments(
+        output_dir=str(tmp_path / "hf"), max_steps=8, per_device_train_batch_size=25,
+        learning_rate=0.1, logging_steps=4, save_strategy="no", report_to=[], use_cpu=True,
+        disable_tqdm=True, dataloader_num_workers=0,
+    )  # fmt: skip
+    callback = FirstLayerTrainerCallback(tmp_path / "run", dataset="sample")
+    trainer = Trainer(model=Net(), args=args, train_dataset=data, callbacks=[callback])
+    trainer.train()
+
+    run = RunDir(tmp_path / "run")
+    assert run.complete()
+    cfg = run.read_json("config.json")
+    assert cfg["derived"]["first_layer"]["module"] == "body.0"
+    assert cfg["derived"]["total_steps"] == 8
+    assert run.snapshots()[0].tolist() == sorted(snapshot_steps(16, 8))
+    logged = [r for r in run.read_metrics() if "loss" in r]
+    assert [r["step"] for r in logged] == [4, 8]
+    np.testing.assert_array_equal(
+        np.load(run / "first_layer_final.npy"), trainer.model.body[0].weight.detach().numpy()
+    )

@@ -189,6 +189,7 @@ def test_bad_arguments_say_what_was_expected(tmp_path: Path) -> None:
         firstlayer.track(small_net(), tmp_path / "c", mean=[0.5, 0.5, 0.5])
     with pytest.raises(TypeError, match="optimizer: expected a torch.optim.Optimizer"):
         firstlayer.track(small_net(), tmp_path / "d", optimizer="sgd")
+    assert not (tmp_path / "d").exists()  # checked before anything is written
     firstlayer.track(small_net(), tmp_path / "e").close()
     with pytest.raises(FileExistsError, match="already holds a run"):
         firstlayer.track(small_net(), tmp_path / "e")

@@ -142,6 +142,8 @@ class Tracker:
         if (mean is None) != (std is None):
             msg = "mean: expected mean and std together, got only one of them"
             raise ValueError(msg)
+        if optimizer is not None and not hasattr(optimizer, "register_step_post_hook"):
+            raise type_error("optimizer", "a torch.optim.Optimizer", optimizer)
         inner = _unwrap(model)
         found = first_layer(inner, name=name, example_input=example_input, input_size=input_size)
         self.layer = found.name
@@ -198,8 +200,6 @@ class Tracker:
             self.run.write_metrics([])
             self.run.write_json(CONFIG, self._config)
         if optimizer is not None:
-            if not hasattr(optimizer, "register_step_post_hook"):
-                raise type_error("optimizer", "a torch.optim.Optimizer", optimizer)
             self._hook = optimizer.register_step_post_hook(lambda *_: self._advance(None))
         if self._plan(-1) == 0:
             self._snapshot(0)

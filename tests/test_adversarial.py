@@ -841,3 +841,71 @@ def test_cli_sweep_case_exits_with_one_line(argv: list[str], code: int, match: s
     r = cli(*argv, "--quiet") if argv[0] == "stats" else cli(*argv)
     assert r.returncode == code, r.stderr
     assert match in r.stderr and "Traceback" not in r.stderr
+
+
+# -- numerics in corner regimes, files that contradict themselves ----------------------------
+
+
+@pytest.mark.parametrize(
+    ("scale", "match"), [(1e200, "overflow float64"), (1e-200, "underflow float64")]
+)
+def test_float_pixels_whose_squares_leave_float64_are_refused(scale: float, match: str) -> None:
+    # Before: covariance NaN (1e200) or exactly 0 (1e-200), silently.
+    x = np.random.default_rng(8).random((2, 3, 8, 8)) * scale
+    with pytest.raises(ValueError, match=match):
+        patch_stats(x, 3)
+    ok = patch_stats((np.random.default_rng(8).random((2, 3, 8, 8)) * 3e38).astype(np.float32), 3)
+    assert np.all(np.isfinite(ok.covariance))
+
+
+def _forge(tmp_path: Path, **changes: Any) -> Path:
+    from firstlayer._io import save_npz
+
+    s = patch_stats(X8[:4], 3, labels=[0, 1, 0, 1])
+    arrays = {**s.to_arrays(), **changes}
+    path = tmp_path / "forged.npz"
+    save_npz(path, "firstlayer.PatchStats", 2, **arrays)  # a valid checksum: only lies inside
+    return path
+
+
+@pytest.mark.parametrize(
+    ("change", "match"),
+    [
+        ({"n_images": np.array(-5)}, "contradict"),
+        ({"count": np.array(0)}, "contradict"),
+        ({"class_counts": np.array([10**6, 1], np.uint64)}, "class_counts add up"),
+        ({"sum": np.full(27, 2**40, np.uint64)}, "larger than"),
+        ("triu", "not symmetric"),
+    ],
+    ids=["negative n_images", "count 0 with images", "class counts", "sums too big", "asymmetric"],
+)
+def test_stats_files_that_contradict_themselves_are_refused(
+    tmp_path: Path, change: Any, match: str
+) -> None:
+    if change == "triu":
+        m = patch_stats(X8[:4], 3).second_moment
+        change = {"second_moment": np.triu(m).astype(np.uint64)}
+    with pytest.raises(ValueError, match=match):
+        firstlayer.PatchStats.load(_forge(tmp_path, **change))
+
+
+def test_a_checkpoint_lying_about_its_position_is_refused(tmp_path: Path) -> None:
+    from firstlayer.checkpoint import Checkpoint, read_checkpoint, write_checkpoint
+
+    x = np.random.default_rng(9).integers(0, 256, (64, 3, 8, 8), dtype=np.uint8)
+
+    def batches(fail: bool) -> Any:
+        for i in range(0, 64, 16):
+            if fail and i == 32:
+                raise RuntimeError("killed")
+            yield x[i : i + 16]
+
+    ck = tmp_path / "ck.npz"
+    with pytest.raises(RuntimeError, match="killed"):
+        patch_stats(batches(True), 3, checkpoint=ck, checkpoint_every=16, quiet=True)
+    st = read_checkpoint(ck)
+    assert st.position == st.stats.n_images == 32
+    # Before: the resume skipped 16 images silently.
+    write_checkpoint(ck, Checkpoint(st.stats, st.position + 16, st.fingerprint, st.skipped))
+    with pytest.raises(ValueError, match="contradicts itself: position 48 but 32 images"):
+        patch_stats(batches(False), 3, checkpoint=ck, checkpoint_every=16, quiet=True)

@@ -188,7 +188,7 @@ CATALOGUE: list[tuple[str, Callable[[Path], Any], type[BaseException], str]] = [
      "cannot merge"),
     # -- kernel_size / stride / padding extremes ------------------------------------------------
     ("kernel_size huge", lambda d: patch_stats(_images(), 10**12), ValueError,
-     r"kernel_size: expected an integer in \[1, 15\], got 1000000000000"),
+     r"kernel_size: expected an integer in \[1, \d+\], got 1000000000000"),
     ("kernel_size negative", lambda d: patch_stats(_images(), -3), ValueError, "kernel_size"),
     ("kernel_size numpy float", lambda d: patch_stats(_images(), np.float64(3)), TypeError,
      "kernel_size: expected an integer"),

@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 import firstlayer
 from _data import exact_images
 from firstlayer import PatchStats, patch_stats
+from firstlayer._validate import MAX_STATS_KERNEL_SIZE
 
 
 def reference_patches(x_nchw: np.ndarray, k: int, stride: int = 1, padding: int = 0) -> np.ndarray:
@@ -282,7 +283,12 @@ BAD_INPUTS = [
     (np.full((1, 4, 4), np.nan), {}, ValueError, "NaN or infinite"),
     (np.full((1, 1, 5, 5), np.inf, np.float32), {}, ValueError, "NaN or infinite"),
     (np.zeros((2, 3, 8, 8), np.uint8), {"kernel_size": 0}, ValueError, "kernel_size: expected"),
-    (np.zeros((2, 3, 8, 8), np.uint8), {"kernel_size": 16}, ValueError, r"in \[1, 15\]"),
+    (
+        np.zeros((2, 3, 8, 8), np.uint8),
+        {"kernel_size": MAX_STATS_KERNEL_SIZE + 1},
+        ValueError,
+        rf"in \[1, {MAX_STATS_KERNEL_SIZE}\]",
+    ),
     (np.zeros((2, 3, 8, 8), np.uint8), {"kernel_size": 2.5}, TypeError, "expected an integer"),
     (np.zeros((2, 3, 8, 8), np.uint8), {"stride": 0}, ValueError, "stride: expected"),
     (np.zeros((2, 3, 8, 8), np.uint8), {"padding": 3}, ValueError, "padding: expected"),

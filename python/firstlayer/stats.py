@@ -47,6 +47,9 @@ _FLOAT_CHUNK_IMAGES = 8
 #: Partials of ``p`` sums and ``n_classes x p`` class sums alive at once in the core: the total,
 #: two chunk partials, and the result handed to Python.
 _PARTIALS_ALIVE = 4
+#: Below this distance from the shift, a pixel's square underflows float64 (sqrt of its
+#: smallest normal number).
+_FLOAT_TINY = math.sqrt(np.finfo(np.float64).tiny)
 _FORMAT = "firstlayer.PatchStats"
 #: Version 2 added the float shift; version 1 files (no shift) are still read.
 _VERSION = 2
@@ -226,6 +229,14 @@ class PatchStats:
                 first = arr[0] if lay == "NCHW" else np.moveaxis(arr[0], -1, 0)
                 if np.all(np.isfinite(first)):
                     shift = np.array([math.fsum(ch.ravel().tolist()) / ch.size for ch in first])
+                    spread = float(np.abs(first - shift[:, None, None]).max())
+                    if 0 < spread < _FLOAT_TINY:
+                        msg = (
+                            f"x: pixels differ from their mean by at most {spread:.3g}, so their "
+                            "squares underflow float64 and the covariance would be 0; rescale "
+                            "the images (e.g. x / x.std())"
+                        )
+                        raise ValueError(msg)
                 else:
                     shift = np.zeros(channels)  # the core names the NaN/Inf image
             else:
@@ -247,6 +258,12 @@ class PatchStats:
             f"{n_classes:,} classes (largest label {n_classes - 1:,}) of {p}-dimensional patches",
         )
         raw = self._moments(arr, lay, lab, n_classes, method, shift)
+        if not self.exact and not np.all(np.isfinite(raw["second_moment"])):
+            msg = (
+                "x: the squares of these pixels overflow float64 (values beyond about 1e154 "
+                "from their mean); rescale the images (e.g. x / x.std())"
+            )
+            raise ValueError(msg)
         self._add_raw(
             raw["count"],
             arr.shape[0],
@@ -739,6 +756,28 @@ def _validated(
             raise bad("field 'shift' must be finite, and zero for exact statistics")
     else:
         z.pop("shift", None)  # version 1 had none: raw moments
+    # Fields that contradict each other (a checksum only proves the file is unchanged since it
+    # was written, not that its writer told the truth).
+    count, n_images = int(z["count"]), int(z["n_images"])
+    if n_images < 0 or count < n_images:
+        raise bad(f"count {count} and n_images {n_images} contradict (each image gives a patch)")
+    cc = z["class_counts"]
+    if cc.dtype.kind not in "iu" or (cc.size and int(cc.astype(object).sum()) > count):
+        raise bad("class_counts add up to more patches than count")
+    m = z["second_moment"]
+    if bool(z["exact"]):
+        symmetric = np.array_equal(m, m.T)
+        s = z["sum"]
+        if s.size and (int(s.max()) > 255 * count or int(np.diagonal(m).max()) > 65025 * count):
+            raise bad(f"sums larger than {count} patches of uint8 pixels can give")
+    else:
+        finite = all(np.all(np.isfinite(z[f])) for f in ("sum", "second_moment", "class_sums"))
+        if not finite:
+            raise bad("float sums hold NaN or infinity")
+        scale = float(np.abs(np.diagonal(m)).max()) if m.size else 0.0
+        symmetric = np.allclose(m, m.T, rtol=0, atol=1e-9 * scale)
+    if not symmetric:
+        raise bad("second_moment is not symmetric")
     return k, stride, padding, channels
 
 

@@ -307,6 +307,11 @@ def _run(
                 "another checkpoint path"
             )
         stats, position, skipped = state.stats, state.position, list(state.skipped)
+        if stats.n_images + len(skipped) != position:  # every item is an image or a skip
+            raise ValueError(
+                f"checkpoint={os.fspath(checkpoint)!r} contradicts itself: position {position} "
+                f"but {stats.n_images} images and {len(skipped)} skipped items; delete it"
+            )
     last_saved = position
 
     progress = Progress(src.total, name=src.name, initial=position, quiet=quiet)

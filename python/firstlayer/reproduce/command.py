@@ -87,5 +87,9 @@ def reproduce_from_args(args: argparse.Namespace) -> int:
         print(dumps(payload, indent=None))
         return 0
     print(format_claims(res.claims))
+    words = [c.get("verdict") for c in res.claims]
+    counts = {w: words.count(w) for w in ("holds", "does not hold", "not comparable")}
+    print(f"{counts['holds']} hold, {counts['does not hold']} do not hold, "
+          f"{counts['not comparable']} not comparable; {res.seconds / 60:.1f} min")  # fmt: skip
     print(f"report: {res.index}")
     return 0

@@ -16,7 +16,7 @@ import numpy as np
 from firstlayer._paths import DATA_ENV
 from firstlayer.reproduce.scales import Scale
 
-__all__ = ["find_file", "load_data", "natural_images", "need_file"]
+__all__ = ["SKIMAGE_PHOTOS", "find_file", "load_data", "natural_images", "need_file"]
 
 
 def find_file(name: str, dirs: list[Path]) -> Path | None:
@@ -114,22 +114,33 @@ def load_data(
     return x, y, tx, ty, desc
 
 
+#: scikit-image's bundled colour photographs stored losslessly (PNG): natural scenes, no
+#: synthetic or microscopy images, no JPEG (``rocket`` and ``hubble_deep_field`` are JPEGs).
+SKIMAGE_PHOTOS = ("astronaut", "chelsea", "coffee", "motorcycle_left", "motorcycle_right")
+
+
 def natural_images(size: int) -> tuple[list[np.ndarray], str]:
     """Natural photographs for ImageNet-style patch statistics, and what they are.
 
-    scikit-image's bundled colour photographs when it is installed; otherwise CIFAR-10 sample
-    images upsampled (bilinear) to ``size`` pixels.
+    scikit-image's lossless colour photographs (:data:`SKIMAGE_PHOTOS`, full resolution) when it
+    is installed; otherwise CIFAR-10 sample images upsampled (bilinear) to ``size`` pixels.
     """
     try:
         import importlib
         from importlib import metadata
 
+        from PIL import Image
+
         skdata = importlib.import_module("skimage.data")
-        names = ("astronaut", "coffee", "chelsea", "rocket")
-        imgs = [np.ascontiguousarray(getattr(skdata, n)()[..., :3]) for n in names]
+        folder = Path(str(skdata.__file__)).parent
+        imgs = []
+        for n in SKIMAGE_PHOTOS:
+            with Image.open(folder / f"{n}.png") as im:
+                imgs.append(np.ascontiguousarray(np.asarray(im.convert("RGB"))))
         version = metadata.version("scikit-image")
-        what = (f"scikit-image {version} bundled photographs: {', '.join(names)} "
-                "(full resolution)")  # fmt: skip
+        pairs = zip(SKIMAGE_PHOTOS, imgs, strict=True)
+        sizes = ", ".join(f"{n} {a.shape[1]}x{a.shape[0]}" for n, a in pairs)
+        what = f"scikit-image {version}'s lossless (PNG) colour photographs, full size: {sizes}"
         return imgs, what
     except Exception:  # noqa: BLE001 - any failure falls back to CIFAR
         from PIL import Image

@@ -909,3 +909,116 @@ def test_a_checkpoint_lying_about_its_position_is_refused(tmp_path: Path) -> Non
     write_checkpoint(ck, Checkpoint(st.stats, st.position + 16, st.fingerprint, st.skipped))
     with pytest.raises(ValueError, match="contradicts itself: position 48 but 32 images"):
         patch_stats(batches(False), 3, checkpoint=ck, checkpoint_every=16, quiet=True)
+
+
+# -- a real full disk and a real read-only disk (a small tmpfs; skipped where mount is refused)
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Any:
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    r = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mnt)], capture_output=True
+    )
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {r.stderr.decode().strip()}")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def test_a_full_disk_is_an_oserror_and_keeps_the_old_file(small_disk: Path) -> None:
+    import errno
+
+    from firstlayer.checkpoint import Checkpoint, write_checkpoint
+
+    small = small_disk / "s.npz"
+    _stats().save(small)
+    before = small.read_bytes()
+    big = patch_stats(np.zeros((2, 3, 20, 20), np.uint8), 15)  # 675 x 675 x 8 B = 3.6 MB
+    with pytest.raises(OSError) as info:
+        big.save(small)
+    assert info.value.errno == errno.ENOSPC
+    with pytest.raises(OSError):
+        write_checkpoint(small_disk / "ck.npz", Checkpoint(big, 2, "fp", []))
+    assert small.read_bytes() == before
+    assert sorted(p.name for p in small_disk.iterdir()) == ["s.npz"]  # no temporary left
+    r = cli("stats", "sample", "-k", "15", "--quiet", "-o", str(small_disk / "o.npz"))
+    assert r.returncode == 1 and "No space left" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_a_read_only_disk_fails_before_the_work(small_disk: Path) -> None:
+    subprocess.run(["mount", "-o", "remount,ro", str(small_disk)], check=True)
+    t = time.monotonic()
+    with pytest.raises(OSError, match="checkpoint: cannot write into .*Read-only"):
+        patch_stats("sample", 3, checkpoint=small_disk / "ck.npz", quiet=True)
+    r = cli("stats", "sample", "--quiet", "-o", str(small_disk / "o.npz"))
+    assert r.returncode == 1 and "--out: cannot write" in r.stderr
+    assert time.monotonic() - t < 30
+
+
+def test_a_device_or_a_link_to_one_is_never_read_as_an_image(tmp_path: Path) -> None:
+    from firstlayer.sources import FileListSource
+
+    folder = png_folder(tmp_path)
+    (folder / "a" / "zero.png").symlink_to("/dev/zero")  # reading it would never end
+    assert patch_stats(str(folder), 3, quiet=True).n_images == 3
+    for decoder in ("rust", "pillow"):
+        step = next(iter(FileListSource(["/dev/zero"], decoder=decoder).steps()))
+        assert "not a regular file" in step.skipped[0][1]
+
+
+def test_ctrl_c_during_a_folder_run_keeps_the_checkpoint_and_resumes_exactly(
+    tmp_path: Path,
+) -> None:
+    folder = png_folder(tmp_path, n=600, size=32)
+    ck = tmp_path / "ck.npz"
+    code = f"""
+        import firstlayer
+        try:
+            firstlayer.patch_stats({str(folder)!r}, 7, checkpoint={str(ck)!r}, checkpoint_every=32,
+                                   batch_size=32, decode_threads=1, decoder="pillow", quiet=True)
+            print("finished")
+        except KeyboardInterrupt:
+            print("interrupted")
+        """
+    p = subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(code)], stdout=subprocess.PIPE, text=True
+    )
+    deadline = time.monotonic() + 60
+    while not ck.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    p.send_signal(signal.SIGINT)
+    out, _ = p.communicate(timeout=60)
+    if out.strip() == "finished":
+        pytest.skip("the run finished before the signal came")
+    assert out.strip() == "interrupted"
+    resumed = patch_stats(
+        str(folder),
+        7,
+        checkpoint=ck,
+        checkpoint_every=32,
+        batch_size=32,
+        decoder="pillow",
+        quiet=True,
+    )
+    assert resumed == patch_stats(str(folder), 7, batch_size=32, decoder="pillow", quiet=True)
+    assert not ck.exists()
+
+
+def test_a_folder_tree_deeper_than_the_recursion_limit_is_walked(tmp_path: Path) -> None:
+    # os.walk (Python 3.11) recursed and raised RecursionError past ~1000 levels.
+    here = Path.cwd()
+    try:
+        os.chdir(tmp_path)
+        for _ in range(sys.getrecursionlimit() + 100):
+            os.mkdir("d")
+            os.chdir("d")
+        Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save("deep.png")
+    finally:
+        os.chdir(here)
+    Image.fromarray(np.ones((8, 8, 3), np.uint8)).save(tmp_path / "d" / "top.png")
+    s = patch_stats(str(tmp_path), 3, labels=False, quiet=True)
+    assert s.n_images == 2

@@ -153,7 +153,7 @@ def _walk_images(folder: Path, seen: set[tuple[int, int]] | None = None) -> list
                 f"{path}: cannot list this folder ({exc.strerror}); fix its permissions or "
                 "move it out of the dataset"
             ) from exc
-        subdirs = []
+        subdirs: list[str] = []
         for e in entries:
             try:
                 est = e.stat(follow_symlinks=True)
@@ -165,11 +165,13 @@ def _walk_images(folder: Path, seen: set[tuple[int, int]] | None = None) -> list
                 subdirs.append(e.path)
             elif stat.S_ISREG(est.st_mode) and has_image_ext(e.name):
                 found.append(e.path)
-        # os.walk's order: a folder's files, then its sub-folders, each in sorted order.
-        for d in subdirs:
-            walk(d)
+        # os.walk's order: a folder's files, then its sub-folders, each in sorted order (the
+        # stack holds them reversed, so that the first is walked next; no recursion limit).
+        stack.extend(reversed(subdirs))
 
-    walk(os.fspath(folder))
+    stack = [os.fspath(folder)]
+    while stack:
+        walk(stack.pop())
     return found
 
 

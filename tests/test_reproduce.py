@@ -388,3 +388,26 @@ def test_import_does_not_import_torch() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True
     )
     assert out.stdout.strip() == "False"
+
+
+def test_runs_of_different_lengths_share_their_snapshot_steps(tmp_path: Path) -> None:
+    from firstlayer._paths import data_roots
+    from firstlayer.reproduce.context import Context
+    from firstlayer.train._schedule import snapshot_steps
+
+    sc = SCALES["small"]
+    try:
+        ctx = Context(sc, tmp_path, data_roots(None), device="cpu", threads=1, resume=False,
+                      say=lambda _m: None)  # fmt: skip
+        ctx.data()
+    except FileNotFoundError:
+        pytest.skip("the exact CIFAR-10 subset is absent")
+    per_epoch = 1024 // sc.batch_size
+    true, rand = runs(sc)["true"][0], runs(sc)["random"][0]
+    st, sr = ctx._snapshot_steps(true), ctx._snapshot_steps(rand)
+    assert st[-1] == per_epoch * sc.epochs and sr[-1] == per_epoch * sc.random_epochs
+    # The shorter run's steps are exactly the longer run's up to its end ...
+    assert st == [s for s in sr if s <= st[-1]]
+    # ... and hold each length's own log-spaced schedule.
+    assert snapshot_steps(sc.snapshots, per_epoch * sc.epochs) <= set(st)
+    assert snapshot_steps(sc.snapshots, per_epoch * sc.random_epochs) <= set(sr)

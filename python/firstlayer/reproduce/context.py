@@ -137,6 +137,7 @@ class Context:
 
         s = self.scale
         train_p, test_p = self.data_files()
+        snapshots = self._snapshot_steps(run)
         self.say(f"{'resuming' if resume else 'training'} {run.name} ({run.epochs} epochs)")
         t0 = time.monotonic()
         train(
@@ -154,7 +155,7 @@ class Context:
             momentum=s.momentum,
             mean=CIFAR10_MEAN,
             std=CIFAR10_STD,
-            snapshots=s.snapshots,
+            snapshots=snapshots,
             channels_last=s.channels_last,
             device=self.device,
             threads=self.threads,
@@ -162,6 +163,22 @@ class Context:
             quiet=True,
         )
         self.say(f"  {run.name} done in {time.monotonic() - t0:.0f}s")
+
+    def _snapshot_steps(self, run: Run) -> list[int]:
+        """Steps at which ``run`` records its first layer: the log-spaced steps of every run
+        length of the scale, so that runs of different lengths (random labels train longer)
+        share their snapshots up to the shorter one's end and compare at the same steps."""
+        from firstlayer.train._schedule import snapshot_steps
+
+        s = self.scale
+        n = len(self.data()[0])
+        per_epoch = max(n // s.batch_size, 1)  # train drops the last incomplete batch
+        total = per_epoch * run.epochs
+        lengths = {per_epoch * e for e in (s.epochs, s.random_epochs, s.arch_epochs)}
+        steps: set[int] = set()
+        for length in lengths:
+            steps |= snapshot_steps(s.snapshots, length)
+        return sorted(v for v in steps if v <= total)
 
     # -- along training -----------------------------------------------------------------------
 

@@ -189,7 +189,11 @@ def _exp4(ctx: Context) -> dict[str, Any]:
     claims = [
         claim("4a", 4, "True and random labels give the same profile", 0.90, 0.02,
                "Table 2, CIFAR-10, VGG (TRUE) VS VGG (RANDOM)", paired, "at_least", 0.05,
-               "same seed (same init) with true and with randomly permuted labels",
+               "same seed (same init) with true and with randomly permuted labels"
+               + ("" if ctx.scale.random_epochs == ctx.scale.epochs else
+                  f"; random labels train {ctx.scale.random_epochs} epochs, true ones "
+                  f"{ctx.scale.epochs}: the measured number compares each run's final first "
+                  "layer, the curve the steps both reached"),
                regime=ctx.regime(true + rand), trajectory=_along_pairs(list(zip(true, rand,
                strict=True)), st)),
         claim("4b", 4, "Random-label profiles are uncorrelated with the initialisation's", 0.03,

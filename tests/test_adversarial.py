@@ -1010,15 +1010,68 @@ def test_ctrl_c_during_a_folder_run_keeps_the_checkpoint_and_resumes_exactly(
 
 def test_a_folder_tree_deeper_than_the_recursion_limit_is_walked(tmp_path: Path) -> None:
     # os.walk (Python 3.11) recursed and raised RecursionError past ~1000 levels.
+    depth = sys.getrecursionlimit() + 100
     here = Path.cwd()
     try:
         os.chdir(tmp_path)
-        for _ in range(sys.getrecursionlimit() + 100):
+        for _ in range(depth):
             os.mkdir("d")
             os.chdir("d")
         Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save("deep.png")
     finally:
         os.chdir(here)
     Image.fromarray(np.ones((8, 8, 3), np.uint8)).save(tmp_path / "d" / "top.png")
-    s = patch_stats(str(tmp_path), 3, labels=False, quiet=True)
-    assert s.n_images == 2
+    try:
+        s = patch_stats(str(tmp_path), 3, labels=False, quiet=True)
+        assert s.n_images == 2
+    finally:
+        _remove_deep_tree(tmp_path, depth)
+
+
+def _remove_deep_tree(root: Path, depth: int) -> None:
+    """Remove ``root/d/d/.../d`` bottom up without recursion (shutil.rmtree and pytest's
+    clean-up recurse on Python 3.11 and would fail on it)."""
+    here = Path.cwd()
+    try:
+        os.chdir(root)
+        for _ in range(depth):
+            os.chdir("d")
+        for _ in range(depth):
+            for name in os.listdir("."):
+                os.unlink(name)
+            os.chdir("..")
+            os.rmdir("d")
+    finally:
+        os.chdir(here)
+
+
+TRAIN_SWEEP = [
+    (["--subset", "0"], "subset: expected an integer >= 1"),
+    (["--subset", "-5"], "subset:"),
+    (["--corrupt", "2"], "corrupt: expected a finite number"),
+    (["--corrupt", "nan"], "corrupt:"),
+    (["--width", "-1"], "width:"),
+    (["--width", "nan"], "width:"),
+    (["--epochs", "-1"], "epochs:"),
+    (["--lr", "nan"], "lr:"),
+    (["--lr", "-1"], "lr:"),
+    (["--batch-size", "0"], "batch_size:"),
+    (["--dataset", "/nonexistent"], "/nonexistent"),
+    (["--arch", "bogus"], "arch:"),
+    (["--seed", "-1"], "seed:"),
+    (["--first-width", "0"], "first_width:"),
+]
+
+
+@pytest.mark.parametrize(("extra", "match"), TRAIN_SWEEP, ids=[" ".join(t[0]) for t in TRAIN_SWEEP])
+def test_train_cli_refuses_bad_settings_before_writing_anything(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], extra: list[str], match: str
+) -> None:
+    from firstlayer.cli import main
+
+    out = tmp_path / "run"
+    argv = ["train", "--out", str(out), "--dataset", "sample", "--epochs", "1", *extra]
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert match in err and "Traceback" not in err
+    assert not out.exists()

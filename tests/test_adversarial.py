@@ -1075,3 +1075,32 @@ def test_train_cli_refuses_bad_settings_before_writing_anything(
     err = capsys.readouterr().err
     assert match in err and "Traceback" not in err
     assert not out.exists()
+
+
+def test_random_views_give_the_contiguous_bits() -> None:
+    hyp = pytest.importorskip("hypothesis")
+    st = pytest.importorskip("hypothesis.strategies")
+
+    @hyp.settings(max_examples=40, deadline=None, derandomize=True)
+    @hyp.given(
+        n=st.integers(1, 20),
+        dtype=st.sampled_from([np.uint8, np.float32, np.float64]),
+        steps=st.tuples(*[st.sampled_from([1, -1, 2, -2])] * 4),
+        order=st.sampled_from(["C", "F"]),
+        k=st.integers(1, 4),
+        labelled=st.booleans(),
+    )
+    def check(
+        n: int, dtype: Any, steps: tuple[int, ...], order: str, k: int, labelled: bool
+    ) -> None:
+        rng = np.random.default_rng(n * 7 + k)
+        base = rng.integers(0, 256, (2 * n, 3, 18, 18)).astype(dtype, order=order)
+        view = base[tuple(slice(None, None, s) for s in steps)]
+        labels = rng.integers(0, 3, view.shape[0]) if labelled else None
+        got = patch_stats(view, k, layout="NCHW", labels=labels)
+        want = patch_stats(np.ascontiguousarray(view), k, layout="NCHW", labels=labels)
+        assert np.array_equal(got.second_moment, want.second_moment)
+        assert np.array_equal(got.sum, want.sum) and got.count == want.count
+        assert np.array_equal(got.class_sums, want.class_sums)
+
+    check()

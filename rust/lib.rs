@@ -166,7 +166,7 @@ fn patch_moments<'py>(
         pad: padding,
     };
     let method = match method {
-        "auto" => Method::auto(kernel_size),
+        "auto" => Method::Auto,
         "direct" => Method::Direct,
         "shifted" => Method::Shifted,
         other => {

@@ -65,7 +65,14 @@ impl Accum for Exact {
     type Plane = u16;
     type Col = u32;
     type Total = u64;
-    // 65535 * 255^2 < 2^32.
+    // The only `u32` sums are bounded by a count of terms, never by the kernel size or the image:
+    // a shifted-products column sum adds at most MAX_ROWS rows of products (taller images are
+    // summed in blocks of rows), and the direct kernel's dot products over a block at most
+    // `portable::GRAM` = 256 patches, each term at most 255^2: 65535 * 255^2 = 4,261,413,375 <
+    // 2^32. Everything
+    // past a column is `u64`: an image's window sums (hsums) and all totals. So k = 32 on a 224 x
+    // 224 image (37,249 windows, up to 2.4e9 per entry) or on 512 x 512 (231,361 windows, 1.5e10
+    // per entry, above 2^32) is exact (`large_kernels_are_exact_past_u32`).
     const MAX_ROWS: usize = 65_535;
     const EXACT: bool = true;
     #[inline(always)]

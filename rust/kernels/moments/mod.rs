@@ -2,8 +2,9 @@
 //!
 //! Two kernels give the same answer:
 //!
-//! * **direct**: gathers every patch and accumulates its outer product (`~p^2/2` multiply-adds
-//!   per patch, `p = C k^2`);
+//! * **direct**: gathers every patch, in blocks of 256, and adds each block's Gram matrix
+//!   (`~p^2/2` multiply-adds per patch, `p = C k^2`; the `p x p` entries are touched once per
+//!   block, which keeps `p = 3 x 32 x 32 = 3072` off the memory bus);
 //! * **shifted products**: entry `M[(c,a),(c',b)]` is the sum of `x_c[q] x_c'[q + d]`, `d = b - a`,
 //!   over the window positions shifted by `a`. For one channel pair and one shift `d` the products
 //!   of a whole image are formed once (row by row, vectorised), summed down the columns, and the
@@ -38,7 +39,7 @@ use self::accum::add_into;
 pub use self::accum::{Accum, Exact, FastScratch, Float, Pixel};
 pub use self::geometry::Moments;
 use self::geometry::{Geo, LANES};
-use self::portable::{image_direct, image_shifted, Scratch};
+use self::portable::{direct_finish, image_direct, image_shifted, Scratch};
 use crate::error::{CoreError, CoreResult};
 use crate::kernels::image::{to_planar, Batch, Planes, Window};
 use crate::kernels::simd;
@@ -46,6 +47,8 @@ use crate::parallel::{chunked_reduce, exact_chunk_items, CHUNK_ITEMS};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Method {
+    /// The faster of the two for the shape at hand ([`Method::choose`]).
+    Auto,
     Direct,
     /// Shifted products, with the specialised kernel where one applies.
     Shifted,
@@ -57,10 +60,39 @@ pub enum Method {
 }
 
 impl Method {
-    /// The faster kernel for a window, from measurements (`benches/bench_patch_stats.py`): the
-    /// shifted products win as soon as there is more than one offset per channel.
-    pub fn auto(k: usize) -> Self {
+    /// The faster kernel for `c` channels, a window `k` moved by `stride`, padded images of
+    /// `hp x wp` pixels and `ho x wo` windows, from their operation counts, with rates measured on
+    /// 32 RGB images of 96 x 96 (one thread, both kernels on the same images):
+    ///
+    /// * shifted products: `C (C + 1) / 2 (2k - 1)^2` products of two planes per image
+    ///   (`hp wp` each), whatever the stride; the AVX2 kernels (stride 1, `k <= 15`) are faster
+    ///   still, and the portable code runs both kernels' small windows better than the direct
+    ///   kernel's short rows, so `k < 5` and stride 1 up to 15 always take them;
+    /// * direct: `(C k^2)^2 / 2` multiply-adds per window, plus `~(C k^2)^2` per image to
+    ///   clear and flush its `u32` block.
+    ///
+    /// Both ran at about the same rate per unit (2-5 G/s direct, 2.9 G/s shifted at k = 16), so
+    /// the smaller count wins. Measured direct/shifted time: 0.57 at (k, stride) = (5, 5), 0.98
+    /// at (8, 4), 0.63 at (11, 5), 0.59 at (16, 8), 0.30 at (16, 16), 0.31 at (24, 24), and the
+    /// shifted products 1.5x faster at (16, 4), 2.6x at (5, 2), 18x at (16, 1): the model picks
+    /// the faster at each.
+    pub fn choose(
+        c: usize,
+        k: usize,
+        stride: usize,
+        (hp, wp): (usize, usize),
+        n_win: usize,
+    ) -> Self {
         if k == 1 {
+            return Self::Direct;
+        }
+        if k < 5 || (stride == 1 && k <= 15) {
+            return Self::Shifted;
+        }
+        let p = (c * k * k) as f64;
+        let direct = n_win as f64 * p * p / 2.0 + p * p;
+        let shifted = (c * (c + 1) / 2 * (2 * k - 1) * (2 * k - 1)) as f64 * (hp * wp) as f64;
+        if direct < shifted {
             Self::Direct
         } else {
             Self::Shifted
@@ -111,7 +143,8 @@ fn chunk<T: Pixel>(job: &Job<'_, T>, range: Range<usize>) -> CoreResult<Moments<
         img_sum.iter_mut().for_each(|v| *v = Tot::<T>::default());
         let (c, pl, g) = (job.batch.c, job.planes, job.g);
         match job.method {
-            Method::Shifted | Method::Strips | Method::Portable => {
+            // `Auto` is resolved in `patch_moments`; it would mean the shifted products.
+            Method::Shifted | Method::Strips | Method::Portable | Method::Auto => {
                 let fast = job.method != Method::Portable;
                 image_shifted::<T::Acc>(c, pl, g, &mut sc, &mut part.second, &mut img_sum, fast)
             }
@@ -128,6 +161,9 @@ fn chunk<T: Pixel>(job: &Job<'_, T>, range: Range<usize>) -> CoreResult<Moments<
         }
     }
     T::Acc::fast_flush(&mut sc.fast, &mut part.second);
+    if job.method == Method::Direct {
+        direct_finish::<T::Acc>(p, &mut sc, &mut part.second);
+    }
     Ok(part)
 }
 
@@ -167,6 +203,12 @@ fn chunk_avx2<T: Pixel>(job: &Job<'_, T>, range: Range<usize>) -> CoreResult<Mom
 }
 
 /// Moments of the patches of every image in a C-contiguous batch `x`.
+///
+/// Memory: the result holds `p^2 + p (n_classes + 1)` totals (`p = C k^2`; `u64` or `f64`, so a
+/// `3 x 32 x 32` window's `p x p` is 75.5 MB), and each chunk of images in flight its own partial
+/// of that size: at most `max(2, 64 MiB / partial)` chunks run at once (`parallel.rs`), so at
+/// k = 32 and C = 3 three copies (226 MB) plus per worker a block of 256 gathered patches (1.5 MB)
+/// and the planar image; at k = 16 (4.7 MB per partial) up to 13 chunks run in parallel.
 ///
 /// `labels` (one per image, in `[0, n_classes)`) adds per-class patch counts and sums. `shift`
 /// (one value per channel, or empty) is subtracted from every pixel first, padding included: float
@@ -220,6 +262,10 @@ pub fn patch_moments<T: Pixel>(
         }
     }
     let n_classes = if labels.is_some() { n_classes } else { 0 };
+    let method = match method {
+        Method::Auto => Method::choose(batch.c, win.k, win.stride, (hp, wp), ho * wo),
+        m => m,
+    };
     let wc = wp.div_ceil(LANES) * LANES;
     let g = Geo {
         k: win.k,
@@ -367,6 +413,124 @@ mod tests {
                 assert_eq!(got.sum, sum, "case {i} {method:?}");
                 assert_eq!(got.second, m, "case {i} {method:?}");
             }
+        }
+    }
+
+    /// Every method on one case: count, sums and second moments equal the naive reference.
+    fn check_all_methods(x: &[u8], b: Batch, win: Window, what: &str) {
+        let (count, sum, m) = naive(x, b, win);
+        for method in [
+            Method::Direct,
+            Method::Shifted,
+            Method::Strips,
+            Method::Auto,
+        ] {
+            let got = patch_moments(x, b, win, None, 0, method, &[]).unwrap();
+            assert_eq!(got.count, count, "{what} {method:?}");
+            assert_eq!(got.sum, sum, "{what} {method:?}");
+            assert_eq!(got.second, m, "{what} {method:?}");
+        }
+    }
+
+    #[test]
+    fn kernels_16_and_32_match_the_naive_reference() {
+        // Patch embeddings (ViT-B/16, CLIP ViT-B/32): stride 1 and stride k, one and three
+        // channels, both layouts, padding; the AVX2 kernels take k <= 15 only, so these run the
+        // portable code whatever the method asks.
+        let cases = [
+            (2, 1, 20, 21, 16, 1, 0, Layout::Nchw),
+            (2, 3, 18, 19, 16, 1, 0, Layout::Nhwc),
+            (2, 3, 48, 33, 16, 16, 0, Layout::Nchw),
+            (1, 1, 50, 40, 16, 16, 3, Layout::Nhwc),
+            (1, 1, 34, 35, 32, 1, 0, Layout::Nchw),
+            (1, 3, 33, 32, 32, 1, 0, Layout::Nhwc),
+            (2, 1, 64, 70, 32, 32, 0, Layout::Nchw),
+            (1, 3, 64, 32, 32, 32, 0, Layout::Nchw),
+            (1, 4, 16, 17, 16, 1, 0, Layout::Nchw),
+        ];
+        for (i, &(n, c, h, w, k, stride, pad, layout)) in cases.iter().enumerate() {
+            let b = Batch { n, c, h, w, layout };
+            let x = data(n * c * h * w, 101 + i as u64);
+            check_all_methods(&x, b, Window { k, stride, pad }, &format!("case {i}"));
+        }
+    }
+
+    #[test]
+    fn large_kernels_are_exact_past_u32() {
+        // All-255 images with more windows than a u32 holds at 255^2 each (65,536+): every
+        // entry of the second moment is count * 255^2 > 2^32. Direct: 1 x 300 x 300 at k = 2
+        // (89,401 patches per image, past the direct kernel's flush every MAX_ROWS patches);
+        // shifted: 300 x 300 at k = 2, and a 70,000-row image (past MAX_ROWS rows per
+        // column sum: summed in blocks of rows).
+        let cases = [
+            (300, 300, 2, 1, Method::Direct),
+            (300, 300, 2, 1, Method::Shifted),
+            (70_000, 3, 2, 1, Method::Shifted),
+        ];
+        for (h, w, k, stride, method) in cases {
+            let b = Batch {
+                n: 1,
+                c: 1,
+                h,
+                w,
+                layout: Layout::Nchw,
+            };
+            let x = vec![255u8; h * w];
+            let win = Window { k, stride, pad: 0 };
+            let got = patch_moments(&x, b, win, None, 0, method, &[]).unwrap();
+            let count = (((h - k) / stride + 1) * ((w - k) / stride + 1)) as u64;
+            assert_eq!(got.count, count);
+            assert!(count * 65025 > u64::from(u32::MAX), "{h}x{w} k={k}");
+            assert!(
+                got.second.iter().all(|&v| v == count * 65025),
+                "{h}x{w} {method:?}"
+            );
+            assert!(got.sum.iter().all(|&v| v == count * 255));
+        }
+    }
+
+    #[test]
+    fn auto_picks_the_kernel_the_measurements_favour() {
+        // (c, k, stride, padded side): the cases measured in `Method::choose`'s comment.
+        let pick = |c: usize, k: usize, s: usize, side: usize| {
+            let n = (side - k) / s + 1;
+            Method::choose(c, k, s, (side, side), n * n)
+        };
+        assert_eq!(pick(3, 1, 1, 32), Method::Direct);
+        assert_eq!(pick(3, 3, 3, 96), Method::Shifted);
+        assert_eq!(pick(3, 5, 2, 96), Method::Shifted);
+        assert_eq!(pick(3, 5, 5, 96), Method::Direct);
+        assert_eq!(pick(3, 11, 1, 96), Method::Shifted);
+        assert_eq!(pick(3, 11, 5, 96), Method::Direct);
+        assert_eq!(pick(3, 16, 1, 224), Method::Shifted);
+        assert_eq!(pick(3, 16, 4, 96), Method::Shifted);
+        assert_eq!(pick(3, 16, 8, 96), Method::Direct);
+        assert_eq!(pick(3, 16, 16, 224), Method::Direct); // ViT-B/16
+        assert_eq!(pick(3, 32, 32, 224), Method::Direct); // CLIP ViT-B/32
+        assert_eq!(pick(3, 32, 1, 32), Method::Direct); // one window per image
+        assert_eq!(pick(3, 4, 4, 224), Method::Shifted); // ConvNeXt, Swin
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(16))]
+        /// Any window from 12 to 32 on any small batch: direct and shifted products agree with
+        /// the naive reference (random shapes, strides, padding, layouts, channels 1 to 4).
+        #[test]
+        fn large_windows_agree_with_the_naive_reference(
+            k in 12usize..=32,
+            c in 1usize..=4,
+            extra_h in 0usize..6,
+            extra_w in 0usize..6,
+            stride in 1usize..=33,
+            pad in 0usize..3,
+            nhwc in proptest::bool::ANY,
+            seed in 0u64..1000,
+        ) {
+            let (h, w) = (k + extra_h, k + extra_w);
+            let layout = if nhwc { Layout::Nhwc } else { Layout::Nchw };
+            let b = Batch { n: 1, c, h, w, layout };
+            let x = data(c * h * w, seed);
+            check_all_methods(&x, b, Window { k, stride, pad }, "property");
         }
     }
 

@@ -142,7 +142,7 @@ def test_pretrained_profiles_agree_across_architectures():
 
 
 def test_file_and_name_errors(tmp_path):
-    with pytest.raises(ValueError, match="weights: a torchvision model name"):
+    with pytest.raises(ValueError, match="weights: a model name"):
         first_layer("resnet18")
     with pytest.raises(ValueError, match="arch: expected a torchvision model name.*resnet18"):
         first_layer("resnet81", weights={"x": torch.zeros(1)})

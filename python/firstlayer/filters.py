@@ -4,7 +4,11 @@ The first layer is the convolution *applied to the input*. For a module it is fo
 forward pass with hooks on every ``Conv2d`` and stopping at the first one that is called, so the
 registration order of submodules does not matter. A state dict has no forward pass: the known stem
 names are tried first (``conv1``, ``features.0``, ViT ``conv_proj``, ...), then
-the first 4D weight; pass ``arch=`` (a torchvision name) to trace the real architecture instead.
+the first 4D weight; pass ``arch=`` to trace the real architecture instead: a torchvision name
+(``"vit_b_16"``), ``"timm:<name>"`` (``timm.create_model(name, pretrained=False)``) or
+``"open_clip:<name>"`` (``open_clip.create_model(name, pretrained=None)``, its visual tower).
+Files: ``.pth``/``.pt``/``.ckpt``/``.bin`` (``torch.load(weights_only=True)``), ``.safetensors``
+(the ``safetensors`` package) and ``.npz``.
 
 torch (and torchvision) are imported inside the functions that need them.
 """
@@ -34,7 +38,7 @@ _PREFIXES = ("module.", "_orig_mod.", "model.")
 _STEM_KEYS = (
     "conv1.weight",  # torchvision ResNet/ResNeXt/Wide-ResNet, many CIFAR nets
     "features.0.weight",  # VGG, AlexNet, SqueezeNet
-    "features.0.0.weight",  # MobileNet, EfficientNet (torchvision)
+    "features.0.0.weight",  # MobileNet, EfficientNet, ConvNeXt, Swin (torchvision)
     "features.conv0.weight",  # DenseNet
     "conv1.conv.weight",  # GoogLeNet
     "Conv2d_1a_3x3.conv.weight",  # Inception v3
@@ -44,6 +48,9 @@ _STEM_KEYS = (
     "vit.embeddings.patch_embeddings.projection.weight",
     "transformer.embeddings.patch_embeddings.weight",  # the paper's ViT code
     "_conv_stem.weight",  # efficientnet_pytorch
+    "visual.conv1.weight",  # open_clip ViT and ModifiedResNet visual towers
+    "visual.trunk.patch_embed.proj.weight",  # open_clip towers built on timm ViTs
+    "visual.trunk.stem.0.weight",  # open_clip towers built on timm ConvNeXts
     "conv_stem.weight",  # timm EfficientNet / MobileNet
     "stem.conv.weight",
     "stem.0.weight",
@@ -163,10 +170,12 @@ def first_layer(
             return _from_file(
                 path, name=name, arch=arch, example_input=example_input, input_size=input_size
             )
-        if isinstance(obj, str) and os.sep not in obj and "." not in obj:
+        if isinstance(obj, str) and (
+            obj.startswith(_LIBRARY_PREFIXES) or (os.sep not in obj and "." not in obj)
+        ):
             if weights is None:
                 msg = (
-                    f"weights: a torchvision model name ({obj!r}) needs a local weights file "
+                    f"weights: a model name ({obj!r}) needs a local weights file "
                     "or state dict (nothing is downloaded), got None"
                 )
                 raise ValueError(msg)
@@ -415,9 +424,31 @@ def _load_checkpoint(path: Path) -> Mapping[str, Any]:
     return obj
 
 
+def _load_safetensors(path: Path) -> dict[str, Any]:
+    """The tensors of a ``.safetensors`` file (torch tensors: bfloat16 and half included)."""
+    try:
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+    except ImportError as exc:
+        msg = f"obj: reading {path.name} needs the safetensors package (pip install safetensors)"
+        raise ValueError(msg) from exc
+    try:
+        return dict(load_file(str(path), device="cpu"))
+    except (SafetensorError, OSError) as exc:
+        msg = f"obj: {str(path)!r} is not a readable .safetensors file ({exc})"
+        raise ValueError(msg) from exc
+
+
 def _from_file(
     path: Path, *, name: str | None, arch: str | None, example_input: Any, input_size: int
 ) -> FirstLayer:
+    if path.suffix == ".safetensors":
+        tensors = _load_safetensors(path)
+        if arch is not None:
+            return _from_arch(
+                arch, tensors, name=name, example_input=example_input, input_size=input_size
+            )
+        return _from_state_dict(tensors, name=name)
     if path.suffix == ".npy":  # a plain array of weights (F, C, k, k), never a pickle
         w = read_npy(path, "obj").astype(np.float64)
         _check_bank(w, f"obj ({path})")
@@ -434,30 +465,84 @@ def _from_file(
     return _from_state_dict(sd, name=name)
 
 
-def _from_arch(
-    arch: str, weights: Any, *, name: str | None, example_input: Any, input_size: int
-) -> FirstLayer:
+#: Prefixes of model names built by other libraries than torchvision.
+_LIBRARY_PREFIXES = ("timm:", "open_clip:")
+
+
+def build_model(arch: str) -> tuple[Any, Any]:
+    """Build an architecture without weights: ``(model, the module whose first layer counts)``.
+
+    ``arch`` is a torchvision name (``"vit_b_16"``), ``"timm:<name>"`` or ``"open_clip:<name>"``
+    (its visual tower is traced). Nothing is downloaded.
+    """
+    if arch.startswith("timm:"):
+        import timm
+
+        name = arch[len("timm:") :]
+        if not timm.is_model(name):
+            close = difflib.get_close_matches(name, timm.list_models(), n=3)
+            msg = f"arch: expected a timm model name, got {name!r} (close: {close})"
+            raise ValueError(msg)
+        model = timm.create_model(name, pretrained=False)
+        return model, model
+    if arch.startswith("open_clip:"):
+        import open_clip
+
+        name = arch[len("open_clip:") :]
+        available = open_clip.list_models()
+        if name not in available:
+            close = difflib.get_close_matches(name, available, n=3)
+            msg = f"arch: expected an open_clip model name, got {name!r} (close: {close})"
+            raise ValueError(msg)
+        model = open_clip.create_model(name, pretrained=None)
+        return model, model.visual
     import torchvision
 
     available = torchvision.models.list_models()
     if arch not in available:
         close = difflib.get_close_matches(arch, available, n=3)
-        msg = f"arch: expected a torchvision model name, got {arch!r} (close: {close})"
+        msg = (
+            "arch: expected a torchvision model name, 'timm:<name>' or 'open_clip:<name>', "
+            f"got {arch!r} (close: {close})"
+        )
         raise ValueError(msg)
+    model = torchvision.models.get_model(arch, weights=None)
+    return model, model
+
+
+def _from_arch(
+    arch: str, weights: Any, *, name: str | None, example_input: Any, input_size: int
+) -> FirstLayer:
+    model, traced = build_model(arch)
     sd = weights
     if isinstance(weights, (str, os.PathLike)):
-        if not Path(weights).is_file():
+        path = Path(weights)
+        if not path.is_file():
             msg = f"weights: expected an existing weights file, got {str(weights)!r}"
             raise ValueError(msg)
-        sd = _load_checkpoint(Path(weights))
+        sd = _load_safetensors(path) if path.suffix == ".safetensors" else _load_checkpoint(path)
     if not isinstance(sd, Mapping):
         msg = f"weights: expected a path or a state dict, got {type(weights).__name__}"
         raise TypeError(msg)
     tensors = _unwrap_state_dict(sd)
-    model = torchvision.models.get_model(arch, weights=None)
+    # A state dict of the visual tower alone loads into the tower (open_clip saves both forms).
+    target = model
+    if traced is not model and not any(k.startswith("visual.") for k in tensors):
+        target = traced
     try:
-        model.load_state_dict(tensors, strict=True)
+        target.load_state_dict(tensors, strict=True)
     except RuntimeError as exc:
-        msg = f"weights: the state dict does not match torchvision {arch!r} ({exc})"
+        msg = f"weights: the state dict does not match {arch!r} ({exc})"
         raise ValueError(msg) from exc
-    return _from_module(model, name=name, example_input=example_input, input_size=input_size)
+    size = input_size
+    if example_input is None and traced is not model:
+        size = _tower_input_size(traced, input_size)
+    return _from_module(traced, name=name, example_input=example_input, input_size=size)
+
+
+def _tower_input_size(tower: Any, default: int) -> int:
+    """The image size an open_clip visual tower was built for (ViTs need exactly that)."""
+    size = getattr(tower, "image_size", None)
+    if isinstance(size, (tuple, list)) and size:
+        return int(size[0])
+    return int(size) if isinstance(size, int) else default

@@ -364,7 +364,7 @@ def test_small_plan_fits_the_budget() -> None:
     """The small scale's training epochs at the measured CPU speeds stay under 45 minutes."""
     p = plan("small")
     assert len(p["runs"]) == 12
-    assert p["estimated_seconds"] is not None and p["estimated_seconds"] < 40 * 60
+    assert p["estimated_seconds"] is not None and p["estimated_seconds"] < 45 * 60
     only3 = plan("small", 3)
     assert all(n.startswith(("vgg11_bn", "resnet20")) for n in only3["runs"])
     assert plan("small", 6)["runs"] == {}

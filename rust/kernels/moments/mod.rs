@@ -61,21 +61,21 @@ pub enum Method {
 
 impl Method {
     /// The faster kernel for `c` channels, a window `k` moved by `stride`, padded images of
-    /// `hp x wp` pixels and `ho x wo` windows, from their operation counts, with rates measured on
+    /// `hp x wp` pixels and `n_win` windows, from their operation counts and rates measured on
     /// 32 RGB images of 96 x 96 (one thread, both kernels on the same images):
     ///
     /// * shifted products: `C (C + 1) / 2 (2k - 1)^2` products of two planes per image
-    ///   (`hp wp` each), whatever the stride; the AVX2 kernels (stride 1, `k <= 15`) are faster
-    ///   still, and the portable code runs both kernels' small windows better than the direct
-    ///   kernel's short rows, so `k < 5` and stride 1 up to 15 always take them;
-    /// * direct: `(C k^2)^2 / 2` multiply-adds per window, plus `~(C k^2)^2` per image to
-    ///   clear and flush its `u32` block.
+    ///   (`hp wp` each), whatever the stride; at stride 1 and `k <= 15` the AVX2 kernels run
+    ///   instead, faster than anything else, so they are always taken there;
+    /// * direct (the Gram matrix of blocks of 256 patches): `(C k^2)^2 / 2` multiply-adds per
+    ///   window plus `(C k^2)^2` per image; its rate grows with `p = C k^2` (longer dot
+    ///   products, 2 x 2 register blocks): 2x the shifted products' rate per unit up to
+    ///   `p = 256`, `p / 128` above, 6x from `p = 768` (24 G multiply-adds/s at k = 16).
     ///
-    /// Both ran at about the same rate per unit (2-5 G/s direct, 2.9 G/s shifted at k = 16), so
-    /// the smaller count wins. Measured direct/shifted time: 0.57 at (k, stride) = (5, 5), 0.98
-    /// at (8, 4), 0.63 at (11, 5), 0.59 at (16, 8), 0.30 at (16, 16), 0.31 at (24, 24), and the
-    /// shifted products 1.5x faster at (16, 4), 2.6x at (5, 2), 18x at (16, 1): the model picks
-    /// the faster at each.
+    /// Measured direct/shifted time: 0.37 at (k, stride) = (3, 3), 0.63 at (5, 2), 0.76 at
+    /// (8, 3), 0.81 at (11, 3), 0.43 at (16, 4), 0.14 at (16, 8), 0.37 at (24, 4); the shifted
+    /// products faster at (8, 2) (1.56), (11, 2) (1.52), (16, 2) (1.43): the model picks the
+    /// faster at each.
     pub fn choose(
         c: usize,
         k: usize,
@@ -86,11 +86,12 @@ impl Method {
         if k == 1 {
             return Self::Direct;
         }
-        if k < 5 || (stride == 1 && k <= 15) {
+        if stride == 1 && k <= 15 {
             return Self::Shifted;
         }
         let p = (c * k * k) as f64;
-        let direct = n_win as f64 * p * p / 2.0 + p * p;
+        let rate = (p / 128.0).clamp(2.0, 6.0);
+        let direct = (n_win as f64 * p * p / 2.0 + p * p) / rate;
         let shifted = (c * (c + 1) / 2 * (2 * k - 1) * (2 * k - 1)) as f64 * (hp * wp) as f64;
         if direct < shifted {
             Self::Direct
@@ -497,18 +498,22 @@ mod tests {
             Method::choose(c, k, s, (side, side), n * n)
         };
         assert_eq!(pick(3, 1, 1, 32), Method::Direct);
-        assert_eq!(pick(3, 3, 3, 96), Method::Shifted);
-        assert_eq!(pick(3, 5, 2, 96), Method::Shifted);
-        assert_eq!(pick(3, 5, 5, 96), Method::Direct);
-        assert_eq!(pick(3, 11, 1, 96), Method::Shifted);
-        assert_eq!(pick(3, 11, 5, 96), Method::Direct);
+        assert_eq!(pick(3, 3, 1, 96), Method::Shifted); // AVX2
+        assert_eq!(pick(3, 3, 3, 96), Method::Direct);
+        assert_eq!(pick(3, 5, 2, 96), Method::Direct);
+        assert_eq!(pick(3, 8, 2, 96), Method::Shifted);
+        assert_eq!(pick(3, 8, 3, 96), Method::Direct);
+        assert_eq!(pick(3, 11, 2, 96), Method::Shifted);
+        assert_eq!(pick(3, 11, 3, 96), Method::Direct);
         assert_eq!(pick(3, 16, 1, 224), Method::Shifted);
-        assert_eq!(pick(3, 16, 4, 96), Method::Shifted);
-        assert_eq!(pick(3, 16, 8, 96), Method::Direct);
+        assert_eq!(pick(3, 16, 2, 96), Method::Shifted);
+        assert_eq!(pick(3, 16, 4, 96), Method::Direct);
+        assert_eq!(pick(3, 24, 4, 96), Method::Direct);
         assert_eq!(pick(3, 16, 16, 224), Method::Direct); // ViT-B/16
         assert_eq!(pick(3, 32, 32, 224), Method::Direct); // CLIP ViT-B/32
         assert_eq!(pick(3, 32, 1, 32), Method::Direct); // one window per image
-        assert_eq!(pick(3, 4, 4, 224), Method::Shifted); // ConvNeXt, Swin
+        assert_eq!(pick(3, 4, 4, 224), Method::Direct); // ConvNeXt, Swin
+        assert_eq!(pick(3, 11, 4, 227), Method::Direct); // AlexNet
     }
 
     proptest::proptest! {

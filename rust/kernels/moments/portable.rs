@@ -340,18 +340,59 @@ fn gram_block<A: Accum>(p: usize, sc: &mut Scratch<A>, second: &mut [A::Total]) 
         }
     }
     let xt = &sc.xt;
-    for q0 in (0..p).step_by(GRAM_ROWS) {
-        let q1 = (q0 + GRAM_ROWS).min(p);
-        for r in 0..q1 {
-            let a = &xt[r * GRAM..r * GRAM + n2];
-            for q in q0.max(r)..q1 {
-                let b = &xt[q * GRAM..q * GRAM + n2];
-                let mut acc = A::Col::default();
-                for (u, v) in a.chunks_exact(2).zip(b.chunks_exact(2)) {
-                    acc = A::mul_add2(acc, [u[0], u[1]], [v[0], v[1]]);
+    let row = |r: usize| &xt[r * GRAM..r * GRAM + n2];
+    let dot = |a: &[A::Plane], b: &[A::Plane]| {
+        let mut acc = A::Col::default();
+        for (u, v) in a.chunks_exact(2).zip(b.chunks_exact(2)) {
+            acc = A::mul_add2(acc, [u[0], u[1]], [v[0], v[1]]);
+        }
+        acc
+    };
+    // Two rows by two columns at once: four dot products share each loaded pair of terms, so
+    // the loop does one load per multiply-add pair instead of two.
+    let p2 = p & !1;
+    for q0 in (0..p2).step_by(GRAM_ROWS) {
+        let q1 = (q0 + GRAM_ROWS).min(p2);
+        for r in (0..q1).step_by(2) {
+            let (a0, a1) = (row(r), row(r + 1));
+            for q in (q0.max(r)..q1).step_by(2) {
+                let (b0, b1) = (row(q), row(q + 1));
+                let mut acc = [A::Col::default(); 4];
+                for (((u0, u1), v0), v1) in a0
+                    .chunks_exact(2)
+                    .zip(a1.chunks_exact(2))
+                    .zip(b0.chunks_exact(2))
+                    .zip(b1.chunks_exact(2))
+                {
+                    let (u0, u1, v0, v1) = (
+                        [u0[0], u0[1]],
+                        [u1[0], u1[1]],
+                        [v0[0], v0[1]],
+                        [v1[0], v1[1]],
+                    );
+                    acc[0] = A::mul_add2(acc[0], u0, v0);
+                    acc[1] = A::mul_add2(acc[1], u0, v1);
+                    acc[2] = A::mul_add2(acc[2], u1, v0);
+                    acc[3] = A::mul_add2(acc[3], u1, v1);
                 }
-                second[r * p + q] = A::add(second[r * p + q], A::widen(acc));
+                let mut put = |i: usize, j: usize, v: A::Col| {
+                    second[i * p + j] = A::add(second[i * p + j], A::widen(v));
+                };
+                put(r, q, acc[0]);
+                put(r, q + 1, acc[1]);
+                if q > r {
+                    put(r + 1, q, acc[2]); // on the diagonal block this entry is below it
+                }
+                put(r + 1, q + 1, acc[3]);
             }
+        }
+    }
+    if p2 < p {
+        // The last row and column of an odd dimension.
+        let last = row(p - 1);
+        for r in 0..p {
+            let v = dot(row(r), last);
+            second[r * p + p - 1] = A::add(second[r * p + p - 1], A::widen(v));
         }
     }
     sc.filled = 0;

@@ -58,6 +58,18 @@ def test_patch_stats_at_16_and_32_are_exact(k, stride, c):
         np.testing.assert_array_equal(other.second_moment, st.second_moment)
 
 
+@pytest.mark.parametrize(("k", "stride"), [(16, 1), (16, 16), (32, 32)])
+def test_float_patch_stats_at_16_and_32(k, stride):
+    rng = np.random.default_rng(k + stride)
+    x = rng.random((2, 3, 2 * k + 2, 2 * k + 1))
+    st = firstlayer.patch_stats(x, kernel_size=k, stride=stride, layout="NCHW")
+    v = sliding_window_view(x, (k, k), axis=(2, 3))[:, :, ::stride, ::stride]
+    ref = v.transpose(0, 2, 3, 1, 4, 5).reshape(-1, 3 * k * k)
+    assert not st.exact and st.count == ref.shape[0]
+    cov = np.cov(ref, rowvar=False, bias=True)  # PatchStats divides by the count
+    np.testing.assert_allclose(st.covariance, cov, rtol=1e-9, atol=1e-12)
+
+
 def test_patch_stats_past_u32_per_entry():
     # 255 everywhere on 300 x 300 at k = 16: 81,225 windows of 255^2 per entry = 5.3e9 > 2^32.
     x = np.full((1, 1, 300, 300), 255, np.uint8)
@@ -155,7 +167,7 @@ def test_modern_model_profile_fit_and_report(kind, cifar, tmp_path):
     for got, raw in pairs:
         n = raw.count
         mean = raw.sum.astype(np.float64) / n
-        cov = (raw.second_moment.astype(np.float64) - n * np.outer(mean, mean)) / (n - 1)
+        cov = (raw.second_moment.astype(np.float64) - n * np.outer(mean, mean)) / n
         scale = np.repeat(1 / 255 / np.asarray(norm.std), k * k)
         want = _numpy_profile(layer.weight, cov * np.outer(scale, scale))
         np.testing.assert_allclose(got[:50], want[:50], rtol=1e-6)

@@ -156,6 +156,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "machine": machine(),
         "cases": [],
     }
+    # Warm up both (thread pools, first calls) so that no method pays for it in its timing.
+    run_firstlayer(x[:1], 3, 1, "auto")
+    run_torch(x[:1], 3, 1, "float32", args.batch_mb)
     for k, s in cases:
         windows = ((size - k) // s + 1) ** 2 * n
         methods: dict[str, Any] = {}

@@ -639,6 +639,8 @@ def test_demo_quick(demo: dict[str, Any]) -> None:
     index = (folder / "index.html").resolve()
     assert f"report: {index}" in demo["stdout"]
     assert "patch statistics" in demo["stdout"] and "theory fit" in demo["stdout"]
+    # The story along training, set against the paper's Table 2.
+    assert "4. along training" in demo["stdout"] and "Table 2" in demo["stdout"]
     data = json.loads((folder / "report.json").read_text())
     assert [m["name"] for m in data["models"]] == ["true labels", "random labels"]
     assert [m["meta"]["labels"] for m in data["models"]] == ["true", "random"]
@@ -647,6 +649,9 @@ def test_demo_quick(demo: dict[str, Any]) -> None:
     # Same seed, same initialisation: the runs differ only in their labels.
     np.testing.assert_array_equal(*(np.load(r / "first_layer_init.npy") for r in runs))
     assert data["groups"][0]["labels"] is not None  # the sample has labels: the check ran
+    assert len(data["pairs"]) == 1 and data["pairs"][0]["trajectory"]["step"]
+    assert all(m["regime"]["steps"] == data["pairs"][0]["trajectory"]["step"][-1]
+               for m in data["models"])  # fmt: skip
     assert data["command"] == ["firstlayer", "demo", "--quick", "--out", str(demo["out"]),
                                "--quiet", "--threads", "2"]  # fmt: skip
 

@@ -411,3 +411,5 @@ def test_runs_of_different_lengths_share_their_snapshot_steps(tmp_path: Path) ->
     # ... and hold each length's own log-spaced schedule.
     assert snapshot_steps(sc.snapshots, per_epoch * sc.epochs) <= set(st)
     assert snapshot_steps(sc.snapshots, per_epoch * sc.random_epochs) <= set(sr)
+    # The settling rule's window starts at a snapshot: 80% of each run's steps.
+    assert round(0.8 * st[-1]) in st and round(0.8 * sr[-1]) in sr

@@ -166,9 +166,11 @@ class Context:
 
     def _snapshot_steps(self, run: Run) -> list[int]:
         """Steps at which ``run`` records its first layer: the log-spaced steps of every run
-        length of the scale, so that runs of different lengths (random labels train longer)
-        share their snapshots up to the shorter one's end and compare at the same steps."""
+        length of the scale, and the step at which the settling rule's window starts, so that
+        runs of different lengths (random labels train longer) share their snapshots up to the
+        shorter one's end and compare at the same steps."""
         from firstlayer.train._schedule import snapshot_steps
+        from firstlayer.trajectory import SETTLE_FRACTION
 
         s = self.scale
         n = len(self.data()[0])
@@ -178,6 +180,10 @@ class Context:
         steps: set[int] = set()
         for length in lengths:
             steps |= snapshot_steps(s.snapshots, length)
+            # The settling rule compares the profile at the end with the one at (1 - fraction)
+            # of the steps: a snapshot there makes that exact, not interpolated between
+            # log-spaced snapshots far apart.
+            steps.add(round((1.0 - SETTLE_FRACTION) * length))
         return sorted(v for v in steps if v <= total)
 
     # -- along training -----------------------------------------------------------------------

@@ -23,6 +23,7 @@ if TYPE_CHECKING:  # what the lazy names resolve to, for type checkers and IDEs
     from firstlayer.exceptions import DatasetNotFoundError, ImageDecodeError, UnsafePickleError
     from firstlayer.extract import extract_patches, iter_patches
     from firstlayer.filters import FirstLayer, first_layer
+    from firstlayer.models import input_normalization, strided_profiles, zoo_table
     from firstlayer.profile import (
         DFTProfile,
         correlation_matrix,
@@ -35,6 +36,7 @@ if TYPE_CHECKING:  # what the lazy names resolve to, for type checkers and IDEs
     from firstlayer.spectrum import ImageSpectrum, dft2, image_spectrum
     from firstlayer.stats import PCA, PatchStats
     from firstlayer.streaming import patch_stats
+    from firstlayer.trajectory import compare_runs
     from firstlayer.whitening import init_first_layer, whitening_filters
 
 # Every public name but __version__, served lazily: name -> the module defining it (a name equal
@@ -58,6 +60,9 @@ _LAZY = {
     "distributed": "firstlayer.distributed",
     "report": "firstlayer.report",
     "reproduce": "firstlayer.reproduce",
+    "models": "firstlayer.models",
+    "trajectory": "firstlayer.trajectory",
+    "integrations": "firstlayer.integrations",
     # patch statistics
     "PatchStats": "firstlayer.stats",
     "PCA": "firstlayer.stats",
@@ -85,6 +90,11 @@ _LAZY = {
     "ImageDecodeError": "firstlayer.exceptions",
     "DatasetNotFoundError": "firstlayer.exceptions",
     "UnsafePickleError": "firstlayer.exceptions",
+    # models people study today, and training trajectories
+    "input_normalization": "firstlayer.models",
+    "strided_profiles": "firstlayer.models",
+    "zoo_table": "firstlayer.models",
+    "compare_runs": "firstlayer.trajectory",
 }
 
 # Every lazy name but those whose import imports torch (``train``, ``reproduce``), so that
@@ -100,6 +110,7 @@ __all__ = [
     "UnsafePickleError",
     "__version__",
     "checkpoint",
+    "compare_runs",
     "constants",
     "correlation_matrix",
     "dft2",
@@ -113,8 +124,11 @@ __all__ = [
     "first_layer",
     "image_spectrum",
     "init_first_layer",
+    "input_normalization",
+    "integrations",
     "iter_patches",
     "load_sample",
+    "models",
     "open_source",
     "patch_stats",
     "profile",
@@ -125,9 +139,12 @@ __all__ = [
     "spectrum",
     "stats",
     "streaming",
+    "strided_profiles",
     "theory",
+    "trajectory",
     "whitening",
     "whitening_filters",
+    "zoo_table",
 ]
 
 

@@ -50,7 +50,7 @@ def patch_stats(
         place. Anything else (a torch dataset or loader, an image folder, a ``.npy`` file, a
         dataset name such as ``"sample"``) is streamed by :func:`stream_stats`.
     kernel_size : int
-        Patch side ``k``, 1 to 15.
+        Patch side ``k``, 1 to 32 (``_validate.MAX_STATS_KERNEL_SIZE``).
     stride, padding : int
         Window stride (>= 1) and zero padding (0: valid positions only, as the paper).
     layout : {"NCHW", "NHWC"}, optional

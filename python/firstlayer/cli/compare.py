@@ -32,7 +32,9 @@ def add_parser(subparsers: Any, command: str | None = None) -> argparse.Argument
         HELP,
         [common()],
         "Inputs: run directories, checkpoints, state dicts, FILE:KEY, ARCH=WEIGHTS or torchvision "
-        "names.\nExample: firstlayer compare runs/true runs/random --dataset sample --out report",
+        "names; a folder of checkpoints or an .npz of several layers stands for each model in it "
+        "(a zoo, grouped by patch geometry).\nExample: firstlayer compare runs/true runs/random "
+        "--dataset sample --out report",
     )
     p.add_argument("inputs", nargs="+", metavar="INPUT", help=MODEL_HELP)
     data_options(p, stats=True, positional=False)

@@ -389,6 +389,41 @@ def resolve_model(spec: str) -> ModelInput:
     raise FileNotFoundError(msg)
 
 
+#: Files a folder of checkpoints contributes to a zoo comparison.
+ZOO_SUFFIXES = (".pth", ".pt", ".bin", ".safetensors", ".npy", ".npz")
+
+
+def expand_zoo(spec: str) -> list[str]:
+    """The model inputs one command-line input stands for.
+
+    A folder that is not a run directory (it has no ``first_layer_final.npy``) stands for every
+    checkpoint in it (``ZOO_SUFFIXES``, sorted by name; run directories inside it count too), and
+    an ``.npz`` file given without ``:KEY`` that holds several 4-D arrays stands for each of them
+    (``FILE:KEY``). Anything else is itself.
+    """
+    path = Path(spec).expanduser()
+    if path.is_dir() and not (path / _RUN_FINAL).is_file():
+        found = sorted(
+            p
+            for p in path.iterdir()
+            if (p.is_file() and p.suffix in ZOO_SUFFIXES) or (p / _RUN_FINAL).is_file()
+        )
+        if not found:
+            msg = (
+                f"{spec}: a folder that is neither a run directory (no {_RUN_FINAL}) nor holds "
+                f"checkpoints ({', '.join(ZOO_SUFFIXES)})"
+            )
+            raise FileNotFoundError(msg)
+        return [one for p in found for one in expand_zoo(str(p))]
+    if path.is_file() and path.suffix == ".npz":
+        from firstlayer._io import read_npz
+
+        banks = [k for k, v in read_npz(path, "weights").items() if np.ndim(v) == 4]
+        if len(banks) > 1:
+            return [f"{spec}:{k}" for k in sorted(banks)]
+    return [spec]
+
+
 def resolve_models(specs: list[str], names: list[str] | None = None) -> list[ModelInput]:
     """Resolve several inputs and give them unique display names.
 
@@ -411,6 +446,8 @@ def resolve_models(specs: list[str], names: list[str] | None = None) -> list[Mod
     if names is not None and len(names) != len(specs):
         msg = f"names: expected one display name per input ({len(specs)}), got {len(names)}"
         raise ValueError(msg)
+    if names is None:  # a zoo: folders of checkpoints and multi-layer .npz files, each model
+        specs = [one for spec in specs for one in expand_zoo(spec)]
     models = [resolve_model(s) for s in specs]
     out: list[ModelInput] = []
     seen: dict[str, int] = {}

@@ -1,4 +1,4 @@
-"""The package's structure: no import circles among its modules, in Python or in Rust.
+"""The package's structure: no import circles and no upward imports, in Python or in Rust.
 
 The graphs are read from the source tree (not from what happens to be imported at run time),
 so a lazy import inside a function counts as an edge: a module that needs another one only
@@ -136,6 +136,39 @@ def test_the_python_package_has_no_import_circle() -> None:
     assert find_cycles(graph) == []
 
 
+#: The layers of the package, bottom up (README "Layout"): a module imports only from its own
+#: layer or below. Within one layer, the circle test above keeps the imports a tree.
+LAYERS = [
+    ["_core", "exceptions", "constants", "_validate", "_io", "_progress", "_paths", "_numeric",
+     "_arrays", "_display"],
+    ["stats", "checkpoint", "sources", "spectrum"],
+    ["streaming", "extract"],
+    ["profile", "theory", "whitening", "filters", "models"],
+    ["train", "distributed", "trajectory", "integrations"],
+    ["report"],
+    ["reproduce", "demo"],
+    ["cli", "__main__"],
+]  # fmt: skip
+
+
+def _layer(module: str) -> int:
+    top = module.split(".")[1] if "." in module else ""
+    for rank, names in enumerate(LAYERS):
+        if top in names:
+            return rank
+    return len(LAYERS)  # the facade `firstlayer` itself, above everything
+
+
+def test_every_import_goes_down_the_layers() -> None:
+    graph = python_import_graph()
+    unplaced = sorted(m for m in graph if m != "firstlayer" and _layer(m) == len(LAYERS))
+    assert unplaced == []  # a new top-level module needs its place in LAYERS
+    upward = sorted(
+        f"{a} -> {b}" for a, targets in graph.items() for b in targets if _layer(b) > _layer(a)
+    )
+    assert upward == []
+
+
 # -- Rust -------------------------------------------------------------------------------------
 
 _USE = re.compile(r"\buse\s+([^;]+);", re.S)
@@ -222,6 +255,12 @@ def test_only_lib_rs_knows_python() -> None:
 def test_the_cycle_finder_finds_cycles() -> None:
     graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}, "e": {"e"}}
     assert find_cycles(graph) == [["a", "b", "c"]]
+    assert (
+        _layer("firstlayer.cli.parser")
+        > _layer("firstlayer.report.build")
+        > _layer("firstlayer.stats")
+    )
+    assert _layer("firstlayer") == len(LAYERS)  # importing the facade from inside goes up
     assert list(_expand_use("super::{self, b}")) == ["super::self", "super::b"]
     assert list(_expand_use("crate::a::{b, c::{d, e as f}}")) == [
         "crate::a::b",

@@ -98,8 +98,9 @@ def extract_patches(
     Parameters
     ----------
     x : numpy.ndarray or torch.Tensor
-        C-contiguous ``uint8``, ``float32`` or ``float64`` batch, ``(N, C, H, W)``,
-        ``(N, H, W, C)`` or ``(N, H, W)``; a tensor must be on the CPU.
+        ``uint8``, ``float32`` or ``float64`` batch, ``(N, C, H, W)``, ``(N, H, W, C)`` or
+        ``(N, H, W)``, read in place when C-contiguous (any other view is copied once); a
+        tensor must be on the CPU.
     kernel_size : int
         Side ``k`` of the square window, in ``[1, 64]`` (default 3).
     stride, padding : int

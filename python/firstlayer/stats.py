@@ -196,7 +196,8 @@ class PatchStats:
         ----------
         x : ndarray or torch.Tensor
             ``(N, C, H, W)``, ``(N, H, W, C)`` or ``(N, H, W)``; ``uint8`` for exact statistics,
-            else ``float32``/``float64``. Read in place: it must be C-contiguous.
+            else ``float32``/``float64``. A C-contiguous batch is read in place; any other view is
+            copied in chunks of at most 32 MB, with the same result bit for bit.
         labels : array-like of int, optional
             One class per image; adds per-class patch counts and sums.
         layout : {"NCHW", "NHWC"}, optional

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -466,7 +466,6 @@ class RunComparison:
     aligned_eta_t: np.ndarray
     aligned_correlation: np.ndarray
     final: float
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def aligned_last(self) -> float:

@@ -1,7 +1,7 @@
 //! Parallel decoding of image files (PNG, JPEG, BMP) into uint8 arrays.
 //!
 //! The pipeline follows torchvision's conventions on PIL images, step for step, so that the
-//! result equals `python/firstlayer/sources.py`'s Pillow path:
+//! result equals `python/firstlayer/sources/decode.py`'s Pillow path:
 //!
 //! 1. decode and convert to RGB like `PIL.Image.convert("RGB")` (alpha dropped, palettes
 //!    expanded, 16-bit RGB keeps the high byte, 16-bit grayscale is clipped to 255);

@@ -19,14 +19,12 @@ from typing import Any
 import numpy as np
 
 from firstlayer._display import (
-    DPI,
     draw_correlation,
     draw_dft,
     draw_eigenspectrum,
     draw_filters,
     draw_fit,
     draw_profiles,
-    mosaic,
     new_figure,
     png_bytes,
 )
@@ -43,8 +41,6 @@ __all__ = [
     "profiles_figure",
     "true_random_figure",
 ]
-
-_DPI = DPI
 
 
 def _figure(width: float, height: float, **margins: float) -> Any:
@@ -117,11 +113,6 @@ def fit_figure(model: dict[str, Any]) -> bytes:
         f"r = {f['correlation']:.4f}"
     )
     return _png(draw_fit(model["profile"], f["curve"], title))
-
-
-def _mosaic(w: np.ndarray) -> np.ndarray:
-    """Tile a (F, C, k, k) bank into an image (:func:`firstlayer._display.mosaic`)."""
-    return mosaic(w)
 
 
 def filters_figure(name: str, weight: np.ndarray, init: np.ndarray | None) -> bytes:

@@ -214,7 +214,3 @@ class Context:
         """Run name -> regime (:meth:`Trajectory.regime` plus the labels it was trained on)."""
         labels = {r.name: r.labels for items in self.plan.values() for r in items}
         return {r.name: {**self.trajectory(r).regime(), "labels": labels.get(r.name)} for r in runs}
-
-    def run_names(self) -> list[str]:
-        """Names of the runs loaded so far."""
-        return list(self._trained)

@@ -310,7 +310,9 @@ def build_model(
         import torchvision.models as tvm  # type: ignore[import-untyped]
 
         return tvm.get_model(key[len(TORCHVISION_PREFIX) :], weights=None, num_classes=num_classes)
-    return _BUILDERS[key](in_channels, num_classes, width, first_width, 3 if kernel_size is None else kernel_size)
+    return _BUILDERS[key](
+        in_channels, num_classes, width, first_width, 3 if kernel_size is None else kernel_size
+    )
 
 
 def first_conv(model: Module, input_shape: tuple[int, int, int]) -> Any:

@@ -25,6 +25,7 @@ import pytest
 
 import firstlayer
 from firstlayer import sources
+from firstlayer._validate import MAX_STATS_KERNEL_SIZE
 from firstlayer.distributed import Shard, as_shard, dask_patch_stats, run_shards, split
 
 distributed = pytest.importorskip("distributed")
@@ -252,7 +253,8 @@ def test_errors_name_the_argument(images: np.ndarray) -> None:
         dask_patch_stats("sample")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="shards: expected at least one"):
         dask_patch_stats([])
-    with pytest.raises(ValueError, match=r"kernel_size: expected an integer in \[1, 15\], got 0"):
+    limit = rf"kernel_size: expected an integer in \[1, {MAX_STATS_KERNEL_SIZE}\], got 0"
+    with pytest.raises(ValueError, match=limit):
         dask_patch_stats(["sample"], 0)
     with pytest.raises(ValueError, match=r"shards\[1\]: expected start < stop"):
         as_shard(("sample", 5, 5), 1)

@@ -12,6 +12,10 @@ pixels like ``1e4 +- 1e-3`` would lose the covariance to cancellation.
 driver. :func:`firstlayer.patch_stats` (in :mod:`firstlayer.streaming`) feeds it, and
 :meth:`PatchStats.to_arrays` / :meth:`PatchStats.from_arrays` are all that files (its own
 ``.npz``, a streaming checkpoint) need of it.
+
+Why one module of about 800 lines: ``PatchStats`` is one class whose parts hold each other's
+invariants (accumulation, exact merge, the validation of every field of a loaded file, and the
+quantities derived from the raw moments); split, each part would have to re-check the others.
 """
 
 from __future__ import annotations

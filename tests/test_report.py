@@ -42,8 +42,6 @@ from firstlayer.theory import fit, label_patch_correlation
 PRETRAINED = "pretrained_first_layers.npz"
 SQUEEZENET = "squeezenet1_1-fp16-from-ncnn.pth"
 ARTIFACTS = Path(os.environ.get("FIRSTLAYER_ARTIFACTS", REPO / "test-artifacts"))
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMEDRIVER = Path("/usr/bin/chromedriver")
 RTOL = 1e-9
 
 
@@ -531,27 +529,6 @@ const decodeAll = () => Promise.all(Array.from(document.images).map(img => img.d
 if (document.readyState === "complete") decodeAll();
 else window.addEventListener("load", decodeAll);
 """
-
-
-@pytest.fixture(scope="module")
-def browser() -> Any:
-    if not (CHROMIUM.exists() and CHROMEDRIVER.exists()):
-        pytest.skip(
-            "Debian's chromium and chromium-driver are not installed (.ci/run installs them)"
-        )
-    webdriver = pytest.importorskip("selenium.webdriver")
-    from selenium.webdriver.chrome.service import Service
-
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = str(CHROMIUM)
-    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                "--window-size=1280,1600", "--disable-background-networking"):  # fmt: skip
-        opts.add_argument(arg)
-    opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=opts)
-    driver.set_script_timeout(60)
-    yield driver
-    driver.quit()
 
 
 def open_page(driver: Any, page: Path) -> tuple[list[list[Any]], list[dict[str, Any]]]:

@@ -402,30 +402,20 @@ mod tests {
             let b = Batch { n, c, h, w, layout };
             let win = Window { k, stride, pad };
             let x = data(n * c * h * w, 7 + i as u64);
-            let (count, sum, m) = naive(&x, b, win);
-            for method in [
+            let methods = [
                 Method::Direct,
                 Method::Shifted,
                 Method::Strips,
                 Method::Portable,
-            ] {
-                let got = patch_moments(&x, b, win, None, 0, method, &[]).unwrap();
-                assert_eq!(got.count, count, "case {i} {method:?}");
-                assert_eq!(got.sum, sum, "case {i} {method:?}");
-                assert_eq!(got.second, m, "case {i} {method:?}");
-            }
+            ];
+            check_methods(&x, b, win, &methods, &format!("case {i}"));
         }
     }
 
-    /// Every method on one case: count, sums and second moments equal the naive reference.
-    fn check_all_methods(x: &[u8], b: Batch, win: Window, what: &str) {
+    /// Each of `methods` on one case: count, sums and second moments equal the naive reference.
+    fn check_methods(x: &[u8], b: Batch, win: Window, methods: &[Method], what: &str) {
         let (count, sum, m) = naive(x, b, win);
-        for method in [
-            Method::Direct,
-            Method::Shifted,
-            Method::Strips,
-            Method::Auto,
-        ] {
+        for &method in methods {
             let got = patch_moments(x, b, win, None, 0, method, &[]).unwrap();
             assert_eq!(got.count, count, "{what} {method:?}");
             assert_eq!(got.sum, sum, "{what} {method:?}");
@@ -452,7 +442,19 @@ mod tests {
         for (i, &(n, c, h, w, k, stride, pad, layout)) in cases.iter().enumerate() {
             let b = Batch { n, c, h, w, layout };
             let x = data(n * c * h * w, 101 + i as u64);
-            check_all_methods(&x, b, Window { k, stride, pad }, &format!("case {i}"));
+            let methods = [
+                Method::Direct,
+                Method::Shifted,
+                Method::Strips,
+                Method::Auto,
+            ];
+            check_methods(
+                &x,
+                b,
+                Window { k, stride, pad },
+                &methods,
+                &format!("case {i}"),
+            );
         }
     }
 
@@ -535,7 +537,8 @@ mod tests {
             let layout = if nhwc { Layout::Nhwc } else { Layout::Nchw };
             let b = Batch { n: 1, c, h, w, layout };
             let x = data(c * h * w, seed);
-            check_all_methods(&x, b, Window { k, stride, pad }, "property");
+            let methods = [Method::Direct, Method::Shifted, Method::Strips, Method::Auto];
+            check_methods(&x, b, Window { k, stride, pad }, &methods, "property");
         }
     }
 
